@@ -1,0 +1,28 @@
+"""The paper's scale: Vicuna-7B v0 shapes with LoRA r=8 α=32 dropout 0.1 on q,k,v,o, and the authors'
+optimiser settings (Adam β=(0.9, 0.95), peak lr 5e-4, warmup 10% then decay, global batch 8, length 512).
+
+Run (needs the Vicuna weights converted first, and accelerators):
+    merg-jax train --config configs/empatheia_7b.py --config.mesh.fsdp=-1
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = ml_collections.ConfigDict(dict(
+        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
+        num_kv_heads=32, head_dim=128, rms_norm_eps=1e-6, rope_theta=10000.0, rope_llama3_scaling=None,
+        max_position_embeddings=2048, tie_embeddings=False, attention_bias=False, mlp_bias=False,
+        dtype="bfloat16", param_dtype="float32", remat="dots_no_batch", scan_layers=True, attention_impl="auto",
+        lora_rank=8, lora_alpha=32.0, lora_dropout=0.1, lora_targets=("q", "k", "v", "o")))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
+    c.train = ml_collections.ConfigDict(dict(
+        steps=18522, batch_size=8, seq_len=512, learning_rate=5e-4, warmup_frac=0.1, b1=0.9, b2=0.95,
+        weight_decay=0.0, grad_clip=1.0, log_every=50, lora_only=True, dropout_seed=1,
+        output_dir="runs/empatheia_7b"))
+    c.generate = ml_collections.ConfigDict(dict(
+        prompt="Human: I failed my driving test today. ### Assistant:", max_new_tokens=128,
+        temperature=0.0, top_k=0, top_p=1.0))
+    return c

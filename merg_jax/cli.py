@@ -1,0 +1,36 @@
+"""The `merg-jax` command. Each subcommand lives with the code it drives and is imported only when used."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("merg_jax.train.cli", "train a model from a config file (the main job)"),
+    "generate": ("merg_jax.infer.cli", "generate text from a trained or imported model"),
+    "convert-hf": ("merg_jax.convert.cli", "import a local Hugging Face LLaMA directory / export to one"),
+    "bench": ("merg_jax.bench", "benchmarks: ours and the peer side by side (`bench llm`)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: merg-jax COMMAND [args]  (merg-jax COMMAND --help for its flags)", "", "commands:"]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"merg-jax: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Small NNX building blocks shared by every model: parameters with logical axis names, RMSNorm, a dense
+projection with an optional LoRA adapter, and token embeddings."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+Initializer = Callable[..., jax.Array]
+
+
+def param(rngs: nnx.Rngs | None, init: Initializer, shape: Sequence[int], names: Sequence[str | None],
+          dtype=jnp.float32, kind: type[nnx.Param] = nnx.Param) -> nnx.Param:
+    """A parameter tagged with logical axis names (mapped to mesh axes by `merg_jax.sharding.rules`).
+
+    Eager sharding is off: placement happens once, for the whole state, in `merg_jax.models.init` — a model
+    never needs a mesh to be built.
+    """
+    if len(names) != len(shape):
+        raise ValueError(f"param of shape {tuple(shape)} given {len(names)} axis names {tuple(names)}")
+    key = rngs.params() if rngs is not None else jax.random.key(0)
+    return kind(init(key, tuple(shape), dtype), out_sharding=tuple(names), eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+    """y = x / rms(x) * w, statistics in float32 (as Hugging Face LLaMA)."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6, param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+        self.eps = eps
+        self.scale = param(rngs, nnx.initializers.ones, (dim,), ("norm",), param_dtype)
+
+    def __call__(self, x: Float[Array, "... D"]) -> Float[Array, "... D"]:
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * xf.astype(x.dtype)
+
+
+class Dense(nnx.Module):
+    """y = x·W (+ b) (+ scale·dropout(x)·A·B), kernel `[in, out]`, computed in `dtype`.
+
+    The LoRA adapter (when `lora_rank > 0`) is stored as `nnx.LoRAParam` so optimisers and filters can tell it
+    from the base weights. B starts at zero, so the adapted layer equals the base one at initialisation.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, names: tuple[str, str], use_bias: bool = False,
+                 dtype=jnp.float32, param_dtype=jnp.float32, lora_rank: int = 0, lora_scale: float = 1.0,
+                 lora_dropout: float = 0.0, kernel_init: Initializer | None = None, rngs: nnx.Rngs | None = None):
+        self.dtype = dtype
+        kernel_init = kernel_init or nnx.initializers.normal(stddev=1.0 / math.sqrt(in_features))
+        self.kernel = param(rngs, kernel_init, (in_features, out_features), names, param_dtype)
+        self.bias = param(rngs, nnx.initializers.zeros, (out_features,), names[1:], param_dtype) if use_bias else None
+        self.lora_rank, self.lora_scale, self.lora_dropout = lora_rank, lora_scale, lora_dropout
+        if lora_rank:
+            # peft's default: kaiming-uniform A, zero B.
+            a_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+            self.lora_a = param(rngs, a_init, (in_features, lora_rank), (names[0], "lora_rank"), param_dtype,
+                                nnx.LoRAParam)
+            self.lora_b = param(rngs, nnx.initializers.zeros, (lora_rank, out_features), ("lora_rank", names[1]),
+                                param_dtype, nnx.LoRAParam)
+        else:
+            self.lora_a = self.lora_b = None
+
+    def __call__(self, x: Float[Array, "... I"], *, dropout_rng: jax.Array | None = None) -> Float[Array, "... O"]:
+        x = x.astype(self.dtype)
+        y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        if self.lora_a is not None:
+            xl = x
+            if dropout_rng is not None and self.lora_dropout > 0:
+                keep = jax.random.bernoulli(dropout_rng, 1.0 - self.lora_dropout, x.shape)
+                xl = jnp.where(keep, x / (1.0 - self.lora_dropout), 0).astype(x.dtype)
+            low = jnp.einsum("...i,ir->...r", xl, self.lora_a[...].astype(self.dtype))
+            y = y + self.lora_scale * jnp.einsum("...r,ro->...o", low, self.lora_b[...].astype(self.dtype))
+        return y
+
+    def merge_lora(self) -> None:
+        """Folds the adapter into the kernel and zeroes B: same function, no adapter cost."""
+        if self.lora_a is None:
+            return
+        delta = self.lora_scale * (self.lora_a[...].astype(jnp.float32) @ self.lora_b[...].astype(jnp.float32))
+        self.kernel[...] = (self.kernel[...].astype(jnp.float32) + delta).astype(self.kernel.dtype)
+        self.lora_b[...] = jnp.zeros_like(self.lora_b[...])
+
+
+class Embed(nnx.Module):
+    """Token embedding table `[vocab, embed]`; `attend` reuses it as the output projection when tied."""
+
+    def __init__(self, vocab_size: int, dim: int, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs | None = None):
+        self.dtype = dtype
+        self.embedding = param(rngs, nnx.initializers.normal(stddev=1.0), (vocab_size, dim), ("vocab", "embed"),
+                               param_dtype)
+
+    def __call__(self, tokens: Int[Array, "B L"]) -> Float[Array, "B L D"]:
+        return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+
+    def attend(self, x: Float[Array, "B L D"]) -> Float[Array, "B L V"]:
+        return jnp.einsum("bld,vd->blv", x.astype(self.dtype), self.embedding[...].astype(self.dtype))

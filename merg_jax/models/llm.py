@@ -1,0 +1,232 @@
+"""LLaMA-family decoder (Vicuna, LLaMA 2/3, TinyLlama ...) in Flax NNX.
+
+RMSNorm → grouped-query attention with RoPE (through `merg_jax.kernels.attention`) → RMSNorm → SwiGLU MLP,
+pre-norm residual blocks. Parameters are float32 master weights by default and cast to the compute dtype at
+use. The layers' parameters are always stored stacked on a leading `layers` axis; `scan_layers` only chooses
+whether the forward pass scans over them or unrolls, so checkpoints do not depend on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from merg_jax.kernels import attention
+from merg_jax.models.kv_cache import KVCache
+from merg_jax.models.layers import Dense, Embed, RMSNorm
+from merg_jax.models.llm_config import LlmConfig
+from merg_jax.models.rope import apply_rope, inverse_frequencies
+from merg_jax.sharding import constrain
+
+_REMAT = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskContext:
+    """What every layer needs to build its attention mask and rotate its q/k."""
+
+    rope_positions: Int[Array, "B L"]
+    q_segment_ids: Int[Array, "B L"] | None
+    kv_segment_ids: Int[Array, "B S"] | None
+    q_span_ids: Int[Array, "B L"] | None
+    kv_span_ids: Int[Array, "B S"] | None
+    q_positions: Int[Array, "B L"] | None  # causal order; None: index in the sequence
+    kv_positions: Int[Array, "B S"] | None
+    cache_index: Int[Array, ""] | None  # where this chunk's k/v go in the cache
+
+
+def _dense(cfg: LlmConfig, name: str, n_in: int, n_out: int, names, bias: bool, rngs) -> Dense:
+    lora = cfg.lora_rank if name in cfg.lora_targets else 0
+    return Dense(n_in, n_out, names=names, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                 lora_rank=lora, lora_scale=cfg.lora_scale, lora_dropout=cfg.lora_dropout, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: LlmConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, q, kv, b = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.attention_bias
+        self.q_proj = _dense(cfg, "q", d, q, ("embed", "q_heads"), b, rngs)
+        self.k_proj = _dense(cfg, "k", d, kv, ("embed", "kv_heads"), b, rngs)
+        self.v_proj = _dense(cfg, "v", d, kv, ("embed", "kv_heads"), b, rngs)
+        self.o_proj = _dense(cfg, "o", q, d, ("q_heads", "embed"), b, rngs)
+
+    def __call__(self, x: Float[Array, "B L D"], ctx: MaskContext, inv_freq, cache_kv=None, rngs=None):
+        cfg = self.cfg
+        bsz, length, _ = x.shape
+        r = [None] * 4 if rngs is None else list(jax.random.split(rngs, 4))
+        q = self.q_proj(x, dropout_rng=r[0]).reshape(bsz, length, cfg.num_heads, cfg.head_dim)
+        k = self.k_proj(x, dropout_rng=r[1]).reshape(bsz, length, cfg.num_kv_heads, cfg.head_dim)
+        v = self.v_proj(x, dropout_rng=r[2]).reshape(bsz, length, cfg.num_kv_heads, cfg.head_dim)
+        q = constrain(apply_rope(q, ctx.rope_positions, inv_freq), ("batch", "length", "act_heads", None))
+        k = constrain(apply_rope(k, ctx.rope_positions, inv_freq), ("batch", "length", "act_kv_heads", None))
+        v = constrain(v, ("batch", "length", "act_kv_heads", None))
+        if cache_kv is not None:
+            k_cache, v_cache = cache_kv
+            at = (0, ctx.cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), at)
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), at)
+            cache_kv = (k, v)
+        out = attention(q, k.astype(q.dtype), v.astype(q.dtype), causal=True,
+                        q_segment_ids=ctx.q_segment_ids, kv_segment_ids=ctx.kv_segment_ids,
+                        q_span_ids=ctx.q_span_ids, kv_span_ids=ctx.kv_span_ids,
+                        q_positions=ctx.q_positions, kv_positions=ctx.kv_positions, impl=cfg.attention_impl)
+        out = constrain(out, ("batch", "length", "act_heads", None)).reshape(bsz, length, -1)
+        return self.o_proj(out, dropout_rng=r[3]), cache_kv
+
+
+class Mlp(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: LlmConfig, *, rngs: nnx.Rngs):
+        d, f, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj = _dense(cfg, "gate", d, f, ("embed", "mlp"), b, rngs)
+        self.up_proj = _dense(cfg, "up", d, f, ("embed", "mlp"), b, rngs)
+        self.down_proj = _dense(cfg, "down", f, d, ("mlp", "embed"), b, rngs)
+
+    def __call__(self, x: Float[Array, "B L D"], rngs=None) -> Float[Array, "B L D"]:
+        r = [None] * 3 if rngs is None else list(jax.random.split(rngs, 3))
+        h = jax.nn.silu(self.gate_proj(x, dropout_rng=r[0])) * self.up_proj(x, dropout_rng=r[1])
+        return self.down_proj(constrain(h, ("batch", "length", "act_mlp")), dropout_rng=r[2])
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: LlmConfig, *, rngs: nnx.Rngs):
+        kw = dict(eps=cfg.rms_norm_eps, param_dtype=cfg.weight_dtype, rngs=rngs)
+        self.input_norm = RMSNorm(cfg.hidden_size, **kw)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.post_attention_norm = RMSNorm(cfg.hidden_size, **kw)
+        self.mlp = Mlp(cfg, rngs=rngs)
+
+    def __call__(self, x, ctx: MaskContext, inv_freq, cache_kv=None, rngs=None):
+        r = (None, None) if rngs is None else tuple(jax.random.split(rngs))
+        h, cache_kv = self.attn(self.input_norm(x), ctx, inv_freq, cache_kv, r[0])
+        x = x + h
+        x = x + self.mlp(self.post_attention_norm(x), r[1])
+        return constrain(x, ("batch", "length", "act_embed")), cache_kv
+
+
+@dataclasses.dataclass
+class LlmOutput:
+    logits: Float[Array, "B L V"]
+    hidden: Float[Array, "B L D"]  # after the final norm
+    cache: KVCache | None
+
+
+class Llm(nnx.Module):
+    """The decoder. `model(tokens)` → logits `[B, L, V]` (float32); with `cache=` → (logits, new cache)."""
+
+    def __init__(self, cfg: LlmConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                           rngs=rngs)
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_layers(rngs):
+            return Block(cfg, rngs=rngs)
+
+        self.layers = make_layers(rngs)
+        self.final_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=cfg.weight_dtype, rngs=rngs)
+        self.lm_head = None if cfg.tie_embeddings else Dense(
+            cfg.hidden_size, cfg.vocab_size, names=("embed", "vocab"), dtype=cfg.compute_dtype,
+            param_dtype=cfg.weight_dtype, rngs=rngs)
+
+    def embed_tokens(self, tokens: Int[Array, "B L"]) -> Float[Array, "B L D"]:
+        return self.embed(tokens)
+
+    def __call__(self, tokens=None, **kw) -> Any:
+        out = self.forward(tokens, **kw)
+        return out.logits if out.cache is None else (out.logits, out.cache)
+
+    def forward(
+        self,
+        tokens: Int[Array, "B L"] | None = None,
+        *,
+        embeddings: Float[Array, "B L D"] | None = None,
+        positions: Int[Array, "B L"] | None = None,
+        segment_ids: Int[Array, "B L"] | None = None,
+        span_ids: Int[Array, "B L"] | None = None,
+        cache: KVCache | None = None,
+        dropout_rng: jax.Array | None = None,
+        return_logits: bool = True,
+    ) -> LlmOutput:
+        """Runs the decoder over tokens, or over `embeddings` passed in directly (media spliced in).
+
+        positions: RoPE positions (default 0..L-1, or continuing from the cache). segment_ids: packing/padding
+        (0 = padding). span_ids: non-zero ids of media spans, bidirectional inside a causal sequence. cache: a
+        `KVCache`; the new tokens are written at `cache.index` and attend to everything written before.
+        dropout_rng: enables LoRA dropout (training).
+        """
+        cfg = self.cfg
+        if (tokens is None) == (embeddings is None):
+            raise ValueError("Llm.forward: pass exactly one of tokens or embeddings")
+        x = self.embed(tokens) if embeddings is None else embeddings.astype(cfg.compute_dtype)
+        bsz, length, _ = x.shape
+        x = constrain(x, ("batch", "length", "act_embed"))
+        ctx = self._mask_context(bsz, length, positions, segment_ids, span_ids, cache)
+        if cache is not None:
+            seg = jnp.ones((bsz, length), jnp.int32) if segment_ids is None else segment_ids
+            spans = jnp.zeros((bsz, length), jnp.int32) if span_ids is None else span_ids
+            cache = cache.write_mask_ids(seg, spans)
+            ctx = dataclasses.replace(ctx, kv_segment_ids=cache.segment_ids, kv_span_ids=cache.span_ids)
+        inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_llama3_scaling)
+        x, new_kv = self._run_layers(x, ctx, inv_freq, cache, dropout_rng)
+        if cache is not None:
+            cache = dataclasses.replace(cache, k=new_kv[0], v=new_kv[1], index=cache.index + length)
+        hidden = self.final_norm(x)
+        logits = None
+        if return_logits:
+            logits = self.embed.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
+            logits = constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+        return LlmOutput(logits=logits, hidden=hidden, cache=cache)
+
+    def _mask_context(self, bsz, length, positions, segment_ids, span_ids, cache) -> MaskContext:
+        if cache is None:
+            rope = jnp.broadcast_to(jnp.arange(length), (bsz, length)) if positions is None else positions
+            return MaskContext(rope_positions=rope, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
+                               q_span_ids=span_ids, kv_span_ids=span_ids, q_positions=None, kv_positions=None,
+                               cache_index=None)
+        slots = cache.index + jnp.arange(length)
+        rope = jnp.broadcast_to(slots, (bsz, length)) if positions is None else positions
+        seg = jnp.ones((bsz, length), jnp.int32) if segment_ids is None else segment_ids
+        spans = jnp.zeros((bsz, length), jnp.int32) if span_ids is None else span_ids
+        return MaskContext(rope_positions=rope, q_segment_ids=seg, kv_segment_ids=None, q_span_ids=spans,
+                           kv_span_ids=None, q_positions=jnp.broadcast_to(slots, (bsz, length)),
+                           kv_positions=jnp.broadcast_to(jnp.arange(cache.max_length), (bsz, cache.max_length)),
+                           cache_index=cache.index)
+
+    def _run_layers(self, x, ctx, inv_freq, cache, dropout_rng):
+        cfg = self.cfg
+        graphdef, params = nnx.split(self.layers)
+        rngs = None if dropout_rng is None else jax.random.split(dropout_rng, cfg.num_layers)
+        kv = None if cache is None else (cache.k, cache.v)
+
+        def body(h, xs):
+            layer_params, layer_kv, layer_rng = xs
+            return nnx.merge(graphdef, layer_params)(h, ctx, inv_freq, layer_kv, layer_rng)
+
+        if cfg.remat != "none":
+            body = jax.checkpoint(body, policy=_REMAT[cfg.remat], prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            return jax.lax.scan(body, x, (params, kv, rngs))
+        outs = []
+        for i in range(cfg.num_layers):
+            x, layer_kv = body(x, jax.tree.map(lambda a: a[i], (params, kv, rngs)))
+            outs.append(layer_kv)
+        new_kv = None if kv is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+        return x, new_kv
+
+    def merge_lora(self) -> None:
+        """Folds every LoRA adapter into its base kernel (in place)."""
+        for _, module in nnx.iter_modules(self):
+            if isinstance(module, Dense):
+                module.merge_lora()
