@@ -1,9 +1,13 @@
-"""The attention mask semantics, defined once (../shared/DESIGN.md §4).
+"""The attention mask semantics, defined once (../shared/DESIGN.md §4), at element and at block level.
 
 A query sees a key only if their segment ids are equal (packing; 0 is padding and only ever sees padding).
 If `causal`, a query sees only keys at positions ≤ its own, **except** that keys in the same non-zero span id
 (the tokens of one image, clip or audio) are all visible to each other. Positions default to the index in the
 sequence; a KV cache passes the cache slots instead.
+
+The blockwise and Pallas kernels work on padded sequences: `pad_to_blocks` gives padded query and key tokens
+segment ids no real token has (so they see nothing and nobody sees them), and `needed_blocks` says which
+(query block, key block) pairs hold any visible pair at all — the kernels skip the others.
 """
 
 from __future__ import annotations
@@ -12,6 +16,10 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int
+
+# Segment ids that padding added by the kernels gets; real ids are ≥ 0.
+Q_PAD_SEGMENT = -2
+KV_PAD_SEGMENT = -1
 
 
 class MaskInfo(NamedTuple):
@@ -44,7 +52,7 @@ def _batched(name: str, x, batch: int, length: int):
     x = jnp.asarray(x, jnp.int32)
     if x.ndim == 1:
         x = x[None]
-    if x.shape[-1] != length or x.shape[0] not in (1, batch):
+    if x.ndim != 2 or x.shape[-1] != length or x.shape[0] not in (1, batch):
         raise ValueError(f"attention: {name} has shape {x.shape}, expected [{batch}, {length}] or [{length}]")
     return jnp.broadcast_to(x, (batch, length))
 
@@ -58,16 +66,88 @@ def make_mask_info(batch, lq, lk, *, causal, q_segment_ids=None, kv_segment_ids=
     return MaskInfo(qs, ks, qsp, ksp, qp, kp, bool(causal))
 
 
-def dense_mask(info: MaskInfo, q_slice: slice = slice(None), kv_slice: slice = slice(None)) -> Bool[Array, "B Lq Lk"]:
-    """The boolean mask for a block of queries × keys (whole sequences by default)."""
-    qp, kp = info.q_positions[:, q_slice], info.kv_positions[:, kv_slice]
-    allowed = jnp.ones((qp.shape[0], qp.shape[1], kp.shape[1]), bool)
-    if info.q_segment_ids is not None:
-        allowed &= info.q_segment_ids[:, q_slice, None] == info.kv_segment_ids[:, None, kv_slice]
-    if info.causal:
-        visible = kp[:, None, :] <= qp[:, :, None]
-        if info.q_span_ids is not None:
-            qsp, ksp = info.q_span_ids[:, q_slice, None], info.kv_span_ids[:, None, kv_slice]
-            visible |= (qsp == ksp) & (qsp != 0)
+def element_mask(causal: bool, q_seg, kv_seg, q_pos, kv_pos, q_span=None, kv_span=None) -> Bool[Array, "... Lq Lk"]:
+    """The rule itself on `[..., Lq]` query and `[..., Lk]` key vectors (segments may be None)."""
+    allowed = jnp.ones(q_pos.shape + kv_pos.shape[-1:], bool)
+    if q_seg is not None:
+        allowed &= q_seg[..., :, None] == kv_seg[..., None, :]
+    if causal:
+        visible = kv_pos[..., None, :] <= q_pos[..., :, None]
+        if q_span is not None:
+            visible |= (q_span[..., :, None] == kv_span[..., None, :]) & (q_span[..., :, None] != 0)
         allowed &= visible
     return allowed
+
+
+def dense_mask(info: MaskInfo, q_slice: slice = slice(None), kv_slice: slice = slice(None)) -> Bool[Array, "B Lq Lk"]:
+    """The boolean mask for a block of queries × keys (whole sequences by default)."""
+    def cut(x, s):
+        return None if x is None else x[:, s]
+
+    return element_mask(info.causal, cut(info.q_segment_ids, q_slice), cut(info.kv_segment_ids, kv_slice),
+                        info.q_positions[:, q_slice], info.kv_positions[:, kv_slice],
+                        cut(info.q_span_ids, q_slice), cut(info.kv_span_ids, kv_slice))
+
+
+class PaddedMask(NamedTuple):
+    """Mask inputs padded to whole blocks, with segments and spans always present (`[B, L_padded]` int32)."""
+
+    q_segment_ids: Int[Array, "B Lqp"]
+    kv_segment_ids: Int[Array, "B Lkp"]
+    q_span_ids: Int[Array, "B Lqp"]
+    kv_span_ids: Int[Array, "B Lkp"]
+    q_positions: Int[Array, "B Lqp"]
+    kv_positions: Int[Array, "B Lkp"]
+    causal: bool
+
+
+def _pad(x, length: int, value: int):
+    return jnp.pad(x, ((0, 0), (0, length - x.shape[1])), constant_values=value)
+
+
+def pad_to_blocks(info: MaskInfo, lq_padded: int, lk_padded: int) -> PaddedMask:
+    b, lq = info.q_positions.shape
+    lk = info.kv_positions.shape[1]
+    qs = jnp.zeros((b, lq), jnp.int32) if info.q_segment_ids is None else info.q_segment_ids
+    ks = jnp.zeros((b, lk), jnp.int32) if info.kv_segment_ids is None else info.kv_segment_ids
+    qsp = jnp.zeros((b, lq), jnp.int32) if info.q_span_ids is None else info.q_span_ids
+    ksp = jnp.zeros((b, lk), jnp.int32) if info.kv_span_ids is None else info.kv_span_ids
+    return PaddedMask(
+        q_segment_ids=_pad(qs, lq_padded, Q_PAD_SEGMENT), kv_segment_ids=_pad(ks, lk_padded, KV_PAD_SEGMENT),
+        q_span_ids=_pad(qsp, lq_padded, 0), kv_span_ids=_pad(ksp, lk_padded, 0),
+        q_positions=_pad(info.q_positions, lq_padded, 0), kv_positions=_pad(info.kv_positions, lk_padded, 0),
+        causal=info.causal)
+
+
+def _block_range(x, block: int, ignore=None):
+    """Per-block (min, max) of `[B, L]` ids, `ignore` values excluded (an all-ignored block gets an empty range)."""
+    b, length = x.shape
+    x = x.reshape(b, length // block, block)
+    big = jnp.iinfo(jnp.int32).max
+    if ignore is None:
+        return x.min(-1), x.max(-1)
+    keep = x != ignore
+    return jnp.where(keep, x, big).min(-1), jnp.where(keep, x, -big).max(-1)
+
+
+def needed_blocks(mask: PaddedMask, block_q: int, block_k: int) -> Bool[Array, "B NQ NK"]:
+    """Which (query block, key block) pairs may hold a visible pair.
+
+    Conservative from per-block ranges, and exact when segment ids are sorted, positions increase and spans
+    are contiguous — the layouts packing and the multimodal input produce. Padding blocks are never needed.
+    """
+    qs_lo, qs_hi = _block_range(mask.q_segment_ids, block_q, Q_PAD_SEGMENT)
+    ks_lo, ks_hi = _block_range(mask.kv_segment_ids, block_k, KV_PAD_SEGMENT)
+    need = (qs_lo[:, :, None] <= ks_hi[:, None, :]) & (ks_lo[:, None, :] <= qs_hi[:, :, None])
+    if mask.causal:
+        # only real tokens count for the position ranges
+        q_pos = jnp.where(mask.q_segment_ids == Q_PAD_SEGMENT, -jnp.iinfo(jnp.int32).max, mask.q_positions)
+        k_pos = jnp.where(mask.kv_segment_ids == KV_PAD_SEGMENT, jnp.iinfo(jnp.int32).max, mask.kv_positions)
+        _, qp_hi = _block_range(q_pos, block_q)
+        kp_lo, _ = _block_range(k_pos, block_k)
+        visible = kp_lo[:, None, :] <= qp_hi[:, :, None]
+        qsp_lo, qsp_hi = _block_range(mask.q_span_ids, block_q, 0)
+        ksp_lo, ksp_hi = _block_range(mask.kv_span_ids, block_k, 0)
+        visible |= (qsp_lo[:, :, None] <= ksp_hi[:, None, :]) & (ksp_lo[:, None, :] <= qsp_hi[:, :, None])
+        need &= visible
+    return need
