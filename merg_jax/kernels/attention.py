@@ -11,10 +11,17 @@ import math
 import jax
 from jaxtyping import Array, Float
 
+from merg_jax.kernels.blockwise import blockwise_attention
 from merg_jax.kernels.mask import make_mask_info
 from merg_jax.kernels.reference import masked_softmax_attention, reference_attention
 
-IMPLS = ("auto", "reference", "xla")
+IMPLS = ("auto", "reference", "xla", "blockwise")
+# Below this many score entries per head the whole score matrix is cheap and one fused XLA program wins.
+_SMALL_SCORES = 1 << 20
+
+
+def _auto_impl(lq: int, lk: int) -> str:
+    return "xla" if lq * lk <= _SMALL_SCORES else "blockwise"
 
 
 def attention(
@@ -36,10 +43,11 @@ def attention(
 ) -> Float[Array, "B Lq H Dv"]:
     """Masked multi-head attention. Returns `[B, Lq, H, Dv]` in q's dtype.
 
-    impl: `reference` (naive float32, the definition) or `xla` (same maths in the input dtype with float32
-    softmax); `auto` picks the best available for the backend.
+    impl: `reference` (naive float32, the definition), `xla` (same maths in the input dtype with float32
+    softmax), `blockwise` (online softmax over key blocks, O(L) memory, custom VJP); `auto` picks by backend
+    and shape. block_sizes: an int or (block_q, block_k) for the blocked implementations.
     """
-    del block_sizes, interpret  # used by the blockwise and Pallas kernels
+    del interpret  # used by the Pallas kernels
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"attention: expected [B, L, H, D] inputs, got q{q.shape} k{k.shape} v{v.shape}")
     if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
@@ -51,6 +59,10 @@ def attention(
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if impl == "reference":
         return reference_attention(q, k, v, info, scale)
-    if impl in ("xla", "auto"):
+    if impl == "auto":
+        impl = _auto_impl(lq, k.shape[1])
+    if impl == "xla":
         return masked_softmax_attention(q, k, v, info, scale, q.dtype)
+    if impl == "blockwise":
+        return blockwise_attention(q, k, v, info, scale, block_sizes)
     raise ValueError(f"attention: unknown impl {impl!r}; choose one of {IMPLS}")
