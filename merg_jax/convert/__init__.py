@@ -1,0 +1,18 @@
+"""Hugging Face LLaMA checkpoints (local safetensors directories) ⇄ `merg_jax.models.Llm`.
+
+`load_hf_llama(path, mesh=..., dtype=..., **overrides) -> (model, config)` imports, sharded by the rule table
+and read slice by slice; `save_hf_llama(model, path)` exports (LoRA merged, atomic, optionally sharded). No torch,
+no pickle: only safetensors are read.
+"""
+
+from merg_jax.convert.hf_llama import (
+    checkpoint_tensors,
+    llm_config_from_hf,
+    llm_config_to_hf,
+    load_hf_llama,
+    read_hf_config,
+    save_hf_llama,
+)
+
+__all__ = ["checkpoint_tensors", "llm_config_from_hf", "llm_config_to_hf", "load_hf_llama", "read_hf_config",
+           "save_hf_llama"]
