@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int
 
@@ -119,35 +120,26 @@ def pad_to_blocks(info: MaskInfo, lq_padded: int, lk_padded: int) -> PaddedMask:
         causal=info.causal)
 
 
-def _block_range(x, block: int, ignore=None):
-    """Per-block (min, max) of `[B, L]` ids, `ignore` values excluded (an all-ignored block gets an empty range)."""
-    b, length = x.shape
-    x = x.reshape(b, length // block, block)
-    big = jnp.iinfo(jnp.int32).max
-    if ignore is None:
-        return x.min(-1), x.max(-1)
-    keep = x != ignore
-    return jnp.where(keep, x, big).min(-1), jnp.where(keep, x, -big).max(-1)
-
-
 def needed_blocks(mask: PaddedMask, block_q: int, block_k: int) -> Bool[Array, "B NQ NK"]:
-    """Which (query block, key block) pairs may hold a visible pair.
+    """Which (query block, key block) pairs hold at least one visible pair — exactly.
 
-    Conservative from per-block ranges, and exact when segment ids are sorted, positions increase and spans
-    are contiguous — the layouts packing and the multimodal input produce. Padding blocks are never needed.
+    Evaluates the element rule once per pair and reduces it per block, one query block at a time, so it needs
+    O(block_q · Lk) memory; its O(Lq · Lk) comparisons are a vanishing fraction of attention's
+    O(Lq · Lk · H · D) flops. Exactness matters for skipping: range tests over-count unsorted ids (packed rows
+    followed by padding 0s, say).
     """
-    qs_lo, qs_hi = _block_range(mask.q_segment_ids, block_q, Q_PAD_SEGMENT)
-    ks_lo, ks_hi = _block_range(mask.kv_segment_ids, block_k, KV_PAD_SEGMENT)
-    need = (qs_lo[:, :, None] <= ks_hi[:, None, :]) & (ks_lo[:, None, :] <= qs_hi[:, :, None])
-    if mask.causal:
-        # only real tokens count for the position ranges
-        q_pos = jnp.where(mask.q_segment_ids == Q_PAD_SEGMENT, -jnp.iinfo(jnp.int32).max, mask.q_positions)
-        k_pos = jnp.where(mask.kv_segment_ids == KV_PAD_SEGMENT, jnp.iinfo(jnp.int32).max, mask.kv_positions)
-        _, qp_hi = _block_range(q_pos, block_q)
-        kp_lo, _ = _block_range(k_pos, block_k)
-        visible = kp_lo[:, None, :] <= qp_hi[:, :, None]
-        qsp_lo, qsp_hi = _block_range(mask.q_span_ids, block_q, 0)
-        ksp_lo, ksp_hi = _block_range(mask.kv_span_ids, block_k, 0)
-        visible |= (qsp_lo[:, :, None] <= ksp_hi[:, None, :]) & (ksp_lo[:, None, :] <= qsp_hi[:, :, None])
-        need &= visible
-    return need
+    b, lqp = mask.q_positions.shape
+    lkp = mask.kv_positions.shape[1]
+    nq, nk = lqp // block_q, lkp // block_k
+
+    def blocks(x):
+        return x.reshape(b, nq, block_q).swapaxes(0, 1)
+
+    def one_q_block(args):
+        q_seg, q_pos, q_span = args
+        allowed = element_mask(mask.causal, q_seg, mask.kv_segment_ids, q_pos, mask.kv_positions, q_span,
+                               mask.kv_span_ids)  # [B, bq, Lkp]
+        return allowed.reshape(b, block_q, nk, block_k).any(axis=(1, 3))
+
+    need = jax.lax.map(one_q_block, (blocks(mask.q_segment_ids), blocks(mask.q_positions), blocks(mask.q_span_ids)))
+    return need.swapaxes(0, 1)  # [B, NQ, NK]
