@@ -1,6 +1,6 @@
 """Attention: one entry point (`attention`), a reference definition and the fast implementations."""
 
-from merg_jax.kernels.attention import IMPLS, attention
+from merg_jax.kernels.attention import IMPLS, attention, auto_impl
 from merg_jax.kernels.mask import MaskInfo, dense_mask, make_mask_info
 
-__all__ = ["IMPLS", "MaskInfo", "attention", "dense_mask", "make_mask_info"]
+__all__ = ["IMPLS", "auto_impl", "MaskInfo", "attention", "dense_mask", "make_mask_info"]

@@ -13,14 +13,24 @@ from jaxtyping import Array, Float
 
 from merg_jax.kernels.blockwise import blockwise_attention
 from merg_jax.kernels.mask import make_mask_info
+from merg_jax.kernels.pallas_gpu import pallas_gpu_attention
+from merg_jax.kernels.pallas_tpu import pallas_tpu_attention
 from merg_jax.kernels.reference import masked_softmax_attention, reference_attention
 
-IMPLS = ("auto", "reference", "xla", "blockwise")
+IMPLS = ("auto", "reference", "xla", "blockwise", "pallas_tpu", "pallas_gpu")
 # Below this many score entries per head the whole score matrix is cheap and one fused XLA program wins.
 _SMALL_SCORES = 1 << 20
+# Shortest query/key lengths worth a kernel launch (decode steps and tiny cross-attentions stay on XLA).
+_KERNEL_MIN_LENGTH = {"tpu": 128, "gpu": 64}
+_KERNEL_PLATFORM = {"pallas_tpu": "tpu", "pallas_gpu": "gpu"}
 
 
-def _auto_impl(lq: int, lk: int) -> str:
+def auto_impl(lq: int, lk: int, backend: str | None = None) -> str:
+    """The implementation `impl="auto"` runs: the one place that branches on hardware."""
+    backend = jax.default_backend() if backend is None else backend
+    backend = "gpu" if backend in ("cuda", "rocm") else backend
+    if backend in _KERNEL_MIN_LENGTH and min(lq, lk) >= _KERNEL_MIN_LENGTH[backend]:
+        return f"pallas_{backend}"
     return "xla" if lq * lk <= _SMALL_SCORES else "blockwise"
 
 
@@ -39,15 +49,17 @@ def attention(
     scale: float | None = None,
     impl: str = "auto",
     block_sizes=None,
-    interpret: bool = False,
+    interpret: bool | None = None,
 ) -> Float[Array, "B Lq H Dv"]:
     """Masked multi-head attention. Returns `[B, Lq, H, Dv]` in q's dtype.
 
     impl: `reference` (naive float32, the definition), `xla` (same maths in the input dtype with float32
-    softmax), `blockwise` (online softmax over key blocks, O(L) memory, custom VJP); `auto` picks by backend
-    and shape. block_sizes: an int or (block_q, block_k) for the blocked implementations.
+    softmax), `blockwise` (online softmax over key blocks, O(L) memory, custom VJP), `pallas_tpu` (Mosaic) and
+    `pallas_gpu` (Triton) flash kernels with block skipping; `auto` picks by backend and shape (`auto_impl`).
+    block_sizes: an int or (block_q, block_k) for the blocked implementations. interpret: run a Pallas kernel
+    in the Pallas interpreter; None means "when the backend is not the kernel's platform" (so the same code
+    runs, slowly but exactly, on CPU).
     """
-    del interpret  # used by the Pallas kernels
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"attention: expected [B, L, H, D] inputs, got q{q.shape} k{k.shape} v{v.shape}")
     if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
@@ -65,4 +77,10 @@ def attention(
         return masked_softmax_attention(q, k, v, info, scale, q.dtype)
     if impl == "blockwise":
         return blockwise_attention(q, k, v, info, scale, block_sizes)
+    if impl in _KERNEL_PLATFORM:
+        if interpret is None:
+            backend = jax.default_backend()
+            interpret = ("gpu" if backend in ("cuda", "rocm") else backend) != _KERNEL_PLATFORM[impl]
+        kernel = pallas_tpu_attention if impl == "pallas_tpu" else pallas_gpu_attention
+        return kernel(q, k, v, info, scale, block_sizes, interpret=interpret)
     raise ValueError(f"attention: unknown impl {impl!r}; choose one of {IMPLS}")
