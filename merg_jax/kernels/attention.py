@@ -72,7 +72,7 @@ def attention(
     if impl == "reference":
         return reference_attention(q, k, v, info, scale)
     if impl == "auto":
-        impl = _auto_impl(lq, k.shape[1])
+        impl = auto_impl(lq, k.shape[1])
     if impl == "xla":
         return masked_softmax_attention(q, k, v, info, scale, q.dtype)
     if impl == "blockwise":
