@@ -19,10 +19,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(c.model)
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
     c.train = ml_collections.ConfigDict(dict(
-        steps=150, batch_size=8, seq_len=128, learning_rate=3e-3, warmup_frac=0.1, b1=0.9, b2=0.95,
-        weight_decay=0.0, grad_clip=1.0, log_every=25, lora_only=False, dropout_seed=1,
+        # 4 rows of 256 byte tokens (~7 packed exchanges of the built-in corpus) per step; 500 steps are ~12 epochs
+        # of it, about 1.5 minutes on 2 CPU cores.
+        steps=500, batch_size=4, seq_len=256, learning_rate=3e-3, warmup_frac=0.1, b1=0.9, b2=0.95,
+        weight_decay=0.0, grad_clip=1.0, log_every=50, lora_only=False, dropout_seed=1,
         output_dir="runs/tiny"))
     c.generate = ml_collections.ConfigDict(dict(
-        prompt="Human: I failed my driving test today. ### Assistant:", max_new_tokens=48,
+        prompt="Human: I failed my driving test today. ### Assistant:", max_new_tokens=120,
         temperature=0.0, top_k=0, top_p=1.0))
     return c

@@ -1,0 +1,214 @@
+"""`merg-jax bench llm`: our LLM against Hugging Face PyTorch `LlamaForCausalLM`, identical weights and shapes.
+
+    merg-jax bench llm [--config configs/tiny.py] [--batch 8] [--seq-len 128] [--steps 5] [--repeats 3]
+                       [--decode-tokens 32] [--prompt-len 16] [--config.model.num_layers=2 ...]
+
+Two numbers, each for ours and the peer in one run:
+- training tokens/s: one step = forward + backward + global-norm clipping + AdamW update, on `batch × seq_len`
+  random tokens, next-token cross-entropy over every position;
+- decode tokens/s: greedy generation with a KV cache of `decode_tokens` new tokens after a `prompt_len` prompt,
+  prefill included, `batch × decode_tokens / time`.
+
+Ours is built from the config; its weights are exported with `save_hf_llama` and loaded by
+`LlamaForCausalLM.from_pretrained`, so both run the same function (the run prints the largest logit
+difference and how many greedy tokens agree). Warm-up (JAX compilation, first PyTorch calls) is excluded; each
+number is the median over `repeats` timed repeats. PyTorch keeps its default thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import tempfile
+import time
+
+NO_TORCH = ("merg-jax bench llm: the peer side needs PyTorch, which is not installed. Install the CPU build "
+            "(`pip install torch==2.13.0`) and run again.")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="merg-jax bench", description="Benchmarks: ours and the peer side by side.")
+    sub = p.add_subparsers(dest="target", required=True, metavar="TARGET")
+    llm = sub.add_parser("llm", help="LLM training step and greedy decoding vs Hugging Face PyTorch LLaMA",
+                         description=__doc__.split("\n\n")[0],
+                         epilog="--config.KEY=VALUE overrides the config (e.g. --config.model.num_layers=2).")
+    llm.add_argument("--config", default="configs/tiny.py", help="model config (default %(default)s)")
+    llm.add_argument("--batch", type=int, default=8, help="batch size of both measurements (default %(default)s)")
+    llm.add_argument("--seq-len", type=int, default=128, help="training sequence length (default %(default)s)")
+    llm.add_argument("--steps", type=int, default=5, help="training steps per timed repeat (default %(default)s)")
+    llm.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default %(default)s)")
+    llm.add_argument("--decode-tokens", type=int, default=32, help="new tokens per decode (default %(default)s)")
+    llm.add_argument("--prompt-len", type=int, default=16, help="prompt length for decoding (default %(default)s)")
+    llm.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, repeats: int = 3,
+              decode_tokens: int = 32, prompt_len: int = 16, seed: int = 0) -> dict:
+    """Runs both sides; returns the numbers (tokens/s, checks, shapes) as a dict."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    from flax import nnx
+    from transformers import LlamaForCausalLM
+
+    from merg_jax.config import llm_config
+    from merg_jax.convert import save_hf_llama
+    from merg_jax.infer import generate
+    from merg_jax.sharding import single_device_mesh
+    from merg_jax.train.loop import build_model
+    from merg_jax.train.optimizer import make_optimizer
+    from merg_jax.train.step import train_step
+
+    cfg = llm_config(config)
+    if seq_len > cfg.max_position_embeddings or prompt_len + decode_tokens > cfg.max_position_embeddings:
+        raise ValueError(f"--seq-len {seq_len} / --prompt-len + --decode-tokens {prompt_len + decode_tokens} exceed "
+                         f"model.max_position_embeddings={cfg.max_position_embeddings}")
+    tc = config.train.to_dict()
+    tc.update(steps=10**6, warmup_frac=0.0)  # a constant-ish learning rate; the schedule costs the same
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, cfg.vocab_size, (batch, seq_len + 1), dtype=np.int64)
+    prompt = rng.integers(0, cfg.vocab_size, (batch, prompt_len), dtype=np.int64)
+
+    # --- ours
+    mesh = single_device_mesh()
+    model = build_model(cfg, mesh, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_hf_llama(model, tmp, overwrite=True)
+        peer = LlamaForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+    peer_device = next(peer.parameters()).device
+
+    jbatch = {"inputs": jnp.asarray(tokens[:, :-1], jnp.int32), "targets": jnp.asarray(tokens[:, 1:], jnp.int32),
+              "loss_mask": jnp.ones((batch, seq_len), jnp.float32)}
+    # The same function? Compare logits before any training step changes our weights.
+    ours_logits = np.asarray(model(jbatch["inputs"]))
+    peer.eval()
+    with torch.no_grad():
+        peer_logits = peer(torch.from_numpy(tokens[:, :-1])).logits.float().numpy()
+    max_logit_diff = float(np.abs(ours_logits - peer_logits).max())
+
+    # Greedy decoding first (training changes the weights).
+    jprompt = jnp.asarray(prompt, jnp.int32)
+    tprompt = torch.from_numpy(prompt)
+
+    def ours_decode():
+        return jax.block_until_ready(generate(model, jprompt, decode_tokens))
+
+    def peer_decode():
+        with torch.no_grad():
+            return peer.generate(tprompt, attention_mask=torch.ones_like(tprompt), max_new_tokens=decode_tokens,
+                                 min_new_tokens=decode_tokens, do_sample=False, use_cache=True, pad_token_id=0)
+
+    with jax.set_mesh(mesh):
+        ours_tokens = np.asarray(ours_decode())  # warm-up: compiles
+        t_ours_decode = _median_time(ours_decode, repeats)
+    peer_tokens = peer_decode()[:, prompt_len:].numpy()  # warm-up
+    t_peer_decode = _median_time(peer_decode, repeats)
+    agree = int((ours_tokens == peer_tokens).sum()) if ours_tokens.shape == peer_tokens.shape else 0
+
+    # Training steps.
+    with jax.set_mesh(mesh):
+        optimizer = nnx.Optimizer(model, make_optimizer(tc), wrt=nnx.Param)
+
+        def ours_train():
+            for _ in range(steps):
+                jax.block_until_ready(train_step(model, optimizer, jbatch))
+
+        jax.block_until_ready(train_step(model, optimizer, jbatch))  # warm-up: compiles
+        jax.block_until_ready(train_step(model, optimizer, jbatch))
+        t_ours_train = _median_time(ours_train, repeats) / steps
+
+    peer.train()
+    opt = torch.optim.AdamW(peer.parameters(), lr=float(tc["learning_rate"]), betas=(tc["b1"], tc["b2"]),
+                            eps=1e-8, weight_decay=float(tc["weight_decay"]))
+    tin = torch.from_numpy(tokens[:, :-1]).to(peer_device)
+    tgt = torch.from_numpy(tokens[:, 1:]).to(peer_device)
+    clip = float(tc.get("grad_clip") or 0.0)
+
+    def peer_step():
+        logits = peer(tin).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(peer.parameters(), clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def peer_train():
+        for _ in range(steps):
+            peer_step()
+
+    peer_step()  # warm-up
+    peer_step()
+    t_peer_train = _median_time(peer_train, repeats) / steps
+
+    return {
+        "train_tokens_per_s": {"ours": batch * seq_len / t_ours_train, "peer": batch * seq_len / t_peer_train},
+        "decode_tokens_per_s": {"ours": batch * decode_tokens / t_ours_decode,
+                                "peer": batch * decode_tokens / t_peer_decode},
+        "max_logit_diff": max_logit_diff, "greedy_agree": agree, "greedy_total": int(ours_tokens.size),
+        "num_params": cfg.num_params(), "torch_threads": torch.get_num_threads(),
+        "jax_backend": jax.default_backend(), "jax_version": jax.__version__, "torch_version": torch.__version__,
+    }
+
+
+def format_report(r: dict, *, config_name: str, cfg, args) -> str:
+    lines = [
+        f"merg-jax bench llm | {config_name}: {r['num_params']:,} parameters (hidden {cfg.hidden_size}, "
+        f"{cfg.num_layers} layers, vocab {cfg.vocab_size}, {cfg.dtype})",
+        f"train: batch {args.batch} x {args.seq_len} tokens, forward+backward+clip+AdamW | decode: batch "
+        f"{args.batch}, prompt {args.prompt_len} + {args.decode_tokens} new tokens, greedy, KV cache",
+        f"median of {args.repeats} repeats ({args.steps} train steps each), warm-up excluded | jax "
+        f"{r['jax_version']} ({r['jax_backend']}), torch {r['torch_version']} ({r['torch_threads']} threads)",
+        f"same weights: max |logits ours - peer| = {r['max_logit_diff']:.2e}, greedy tokens equal "
+        f"{r['greedy_agree']}/{r['greedy_total']}",
+        "",
+        f"{'metric':<18}{'ours (JAX)':>14}{'peer (HF torch)':>18}{'ours/peer':>12}",
+    ]
+    for label, key in (("train tokens/s", "train_tokens_per_s"), ("decode tokens/s", "decode_tokens_per_s")):
+        ours, peer = r[key]["ours"], r[key]["peer"]
+        lines.append(f"{label:<18}{ours:>14,.0f}{peer:>18,.0f}{ours / peer:>12.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    from merg_jax.config import llm_config, load_config
+    from merg_jax.train.cli import split_overrides
+
+    try:
+        config = load_config(args.config, split_overrides(rest))
+        cfg = llm_config(config)
+    except (ValueError, KeyError, TypeError, FileNotFoundError, AttributeError) as e:
+        parser.print_usage(sys.stderr)
+        print(f"merg-jax bench: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 2
+    for name in ("batch", "seq_len", "steps", "repeats", "decode_tokens", "prompt_len"):
+        if getattr(args, name) < 1:
+            print(f"merg-jax bench: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+        print(NO_TORCH, file=sys.stderr)
+        return 2
+    r = bench_llm(config, batch=args.batch, seq_len=args.seq_len, steps=args.steps, repeats=args.repeats,
+                  decode_tokens=args.decode_tokens, prompt_len=args.prompt_len, seed=args.seed)
+    print(format_report(r, config_name=args.config, cfg=cfg, args=args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

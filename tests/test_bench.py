@@ -1,0 +1,54 @@
+"""`merg-jax bench llm`: runs at tiny sizes and prints both sides' numbers and their ratio."""
+
+import importlib.util
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from merg_jax import bench
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def parse_table(stdout: str) -> dict[str, tuple[float, float, float]]:
+    rows = {}
+    for line in stdout.splitlines():
+        m = re.match(r"^(train|decode) tokens/s\s+([\d,.]+)\s+([\d,.]+)\s+([\d.]+)\s*$", line)
+        if m:
+            rows[m.group(1)] = tuple(float(g.replace(",", "")) for g in m.groups()[1:])
+    return rows
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the peer side needs torch")
+def test_bench_llm_prints_ours_peer_and_ratio():
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env.pop("XLA_FLAGS", None)
+    r = subprocess.run(
+        [sys.executable, "-m", "merg_jax.cli", "bench", "llm", "--batch", "2", "--seq-len", "16", "--steps", "2",
+         "--repeats", "2", "--decode-tokens", "4", "--prompt-len", "4", "--config.model.num_layers=1"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = parse_table(r.stdout)
+    assert set(rows) == {"train", "decode"}, r.stdout
+    for ours, peer, ratio in rows.values():
+        assert ours > 0 and peer > 0
+        assert ratio == pytest.approx(ours / peer, rel=0.02, abs=0.006)
+    # identical weights: the logits agree
+    diff = float(re.search(r"max \|logits ours - peer\| = ([\d.e+-]+)", r.stdout).group(1))
+    assert diff < 1e-3, r.stdout
+
+
+def test_bench_without_torch_says_so_and_exits_2(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    assert bench.main(["llm", "--batch", "2"]) == 2
+    assert "needs PyTorch" in capsys.readouterr().err
+
+
+def test_bench_rejects_bad_sizes(capsys):
+    assert bench.main(["llm", "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err
