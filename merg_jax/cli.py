@@ -9,7 +9,7 @@ COMMANDS = {
     "train": ("merg_jax.train.cli", "train a model from a config file (the main job)"),
     "generate": ("merg_jax.infer.cli", "generate text from a trained or imported model"),
     "convert-hf": ("merg_jax.convert.cli", "import a local Hugging Face LLaMA directory / export to one"),
-    "bench": ("merg_jax.bench", "benchmarks: ours and the peer side by side (`bench llm`)"),
+    "bench": ("merg_jax.bench", "benchmarks: ours and the peer side by side (`bench llm`, `bench attention`)"),
 }
 
 

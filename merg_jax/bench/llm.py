@@ -28,9 +28,7 @@ NO_TORCH = ("merg-jax bench llm: the peer side needs PyTorch, which is not insta
             "(`pip install torch==2.13.0`) and run again.")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="merg-jax bench", description="Benchmarks: ours and the peer side by side.")
-    sub = p.add_subparsers(dest="target", required=True, metavar="TARGET")
+def add_parser(sub) -> argparse.ArgumentParser:
     llm = sub.add_parser("llm", help="LLM training step and greedy decoding vs Hugging Face PyTorch LLaMA",
                          description=__doc__.split("\n\n")[0],
                          epilog="--config.KEY=VALUE overrides the config (e.g. --config.model.num_layers=2).")
@@ -42,10 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     llm.add_argument("--decode-tokens", type=int, default=32, help="new tokens per decode (default %(default)s)")
     llm.add_argument("--prompt-len", type=int, default=16, help="prompt length for decoding (default %(default)s)")
     llm.add_argument("--seed", type=int, default=0)
-    return p
+    return llm
 
 
-def _median_time(fn, repeats: int) -> float:
+def median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -113,9 +111,9 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
 
     with jax.set_mesh(mesh):
         ours_tokens = np.asarray(ours_decode())  # warm-up: compiles
-        t_ours_decode = _median_time(ours_decode, repeats)
+        t_ours_decode = median_time(ours_decode, repeats)
     peer_tokens = peer_decode()[:, prompt_len:].numpy()  # warm-up
-    t_peer_decode = _median_time(peer_decode, repeats)
+    t_peer_decode = median_time(peer_decode, repeats)
     agree = int((ours_tokens == peer_tokens).sum()) if ours_tokens.shape == peer_tokens.shape else 0
 
     # Training steps.
@@ -128,7 +126,7 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
 
         jax.block_until_ready(train_step(model, optimizer, jbatch))  # warm-up: compiles
         jax.block_until_ready(train_step(model, optimizer, jbatch))
-        t_ours_train = _median_time(ours_train, repeats) / steps
+        t_ours_train = median_time(ours_train, repeats) / steps
 
     peer.train()
     opt = torch.optim.AdamW(peer.parameters(), lr=float(tc["learning_rate"]), betas=(tc["b1"], tc["b2"]),
@@ -152,7 +150,7 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
 
     peer_step()  # warm-up
     peer_step()
-    t_peer_train = _median_time(peer_train, repeats) / steps
+    t_peer_train = median_time(peer_train, repeats) / steps
 
     return {
         "train_tokens_per_s": {"ours": batch * seq_len / t_ours_train, "peer": batch * seq_len / t_peer_train},
@@ -183,10 +181,7 @@ def format_report(r: dict, *, config_name: str, cfg, args) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = _parser()
-    args, rest = parser.parse_known_args(argv)
+def run(args, rest: list[str], parser: argparse.ArgumentParser) -> int:
     from merg_jax.config import llm_config, load_config
     from merg_jax.train.cli import split_overrides
 
@@ -208,7 +203,3 @@ def main(argv: list[str] | None = None) -> int:
                   decode_tokens=args.decode_tokens, prompt_len=args.prompt_len, seed=args.seed)
     print(format_report(r, config_name=args.config, cfg=cfg, args=args))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,33 @@
+"""`merg-jax bench TARGET`: ours and the peer side by side in one run, with the ratio.
+
+Targets: `llm` (training step and decoding vs Hugging Face PyTorch LLaMA), `attention` (blockwise vs XLA and the
+naive reference on CPU; the Pallas GPU kernel vs cuDNN and XLA on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from merg_jax.bench import attention, llm
+
+TARGETS = {"llm": llm, "attention": attention}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="merg-jax bench", description="Benchmarks: ours and the peer side by side.")
+    sub = p.add_subparsers(dest="target", required=True, metavar="TARGET")
+    for module in TARGETS.values():
+        module.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    return TARGETS[args.target].run(args, rest, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
