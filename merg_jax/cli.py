@@ -9,6 +9,9 @@ COMMANDS = {
     "train": ("merg_jax.train.cli", "train a model from a config file (the main job)"),
     "generate": ("merg_jax.infer.cli", "generate text from a trained or imported model"),
     "convert-hf": ("merg_jax.convert.cli", "import a local Hugging Face LLaMA directory / export to one"),
+    "make-data": ("merg_jax.data.mini.cli", "generate AvaMERG-mini: dialogues, espeak-ng speech, avatar videos"),
+    "inspect-data": ("merg_jax.data.inspect", "counts, label distributions, durations and problems of a dataset"),
+    "train-tokenizer": ("merg_jax.data.tokenizer_cli", "train a byte-level BPE tokenizer on a training split"),
     "bench": ("merg_jax.bench", "benchmarks: ours and the peer side by side (`bench llm`, `bench attention`)"),
 }
 
