@@ -45,6 +45,18 @@ TOPICS: tuple[str, ...] = (
 ROLES: tuple[str, ...] = ("speaker", "listener")
 
 
+def avatar_profile(avatar_id: int) -> tuple[str, str, str]:
+    """The fixed (age, gender, timbre) of an avatar identity, so a face always has the same age, sex and voice.
+
+    Identities cycle through all 4 x 2 x 3 = 24 combinations (age slowest), so each combination has 2-3 of
+    the 65 identities. AvaMERG-mini draws profiles through this; the avatar renderer draws faces to match.
+    """
+    i = avatar_index(avatar_id) % (len(AGES) * len(GENDERS) * len(TIMBRES))
+    age, rest = divmod(i, len(GENDERS) * len(TIMBRES))
+    gender, timbre = divmod(rest, len(TIMBRES))
+    return AGES[age], GENDERS[gender], TIMBRES[timbre]
+
+
 def index_of(label: str, labels: Sequence[str], *, field: str = "label") -> int:
     """Position of `label` in `labels`; a ValueError names the field and the allowed values otherwise."""
     try:
@@ -86,6 +98,6 @@ def avatar_index(avatar_id: int) -> int:
 
 __all__ = [
     "AGES", "ED_TO_MULTIMODAL", "EMOTIONS_32", "EMOTIONS_7", "GENDERS", "MULTIMODAL_TO_ED", "NUM_AVATARS", "ROLES",
-    "TIMBRES", "TOPICS", "age_index", "avatar_index", "emotion32_index", "emotion7_index", "gender_index",
+    "TIMBRES", "TOPICS", "age_index", "avatar_index", "avatar_profile", "emotion32_index", "emotion7_index", "gender_index",
     "index_of", "timbre_index", "topic_index",
 ]
