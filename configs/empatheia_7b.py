@@ -22,6 +22,20 @@ def get_config() -> ml_collections.ConfigDict:
         steps=18522, batch_size=8, seq_len=512, learning_rate=5e-4, warmup_frac=0.1, b1=0.9, b2=0.95,
         weight_decay=0.0, grad_clip=1.0, log_every=50, lora_only=True, dropout_seed=1,
         output_dir="runs/empatheia_7b"))
+    # The AvaMERG input pipeline (merg_jax/data/pipeline.py documents every key and the batch it makes).
+    # History clips: 128 mels at 100 frames/s (6 s) and 1 fps 224x224 video, encoder-sized; the gold reply:
+    # 24 kHz 80-mel speech and 25 fps 256x256 video for the generator stages (set their frames=0 for stage a).
+    c.data = ml_collections.ConfigDict(dict(
+        root="data/avamerg", source="tfds", tfds_data_dir="", tfds_config="default",
+        tokenizer="checkpoints/vicuna-7b-v0",  # the LLM's own HF tokenizer; the special tokens are added to it
+        seq_len=0, batch_size=0,    # 0: train.seq_len / train.batch_size
+        max_clips=8, chain=True, media_tokens=True, system_prompt="",
+        audio=ml_collections.ConfigDict(dict(sample_rate=16000, n_fft=400, hop=160, n_mels=128, frames=600)),
+        video=ml_collections.ConfigDict(dict(fps=1.0, size=224, frames=8)),
+        reply_audio=ml_collections.ConfigDict(dict(sample_rate=24000, n_fft=1200, hop=300, n_mels=80, frames=800)),
+        reply_video=ml_collections.ConfigDict(dict(fps=25.0, size=256, frames=200)),
+        missing_media="skip", check_media="exists", shuffle=True, seed=0, num_epochs=0,
+        workers=8, worker_buffer_size=2, read_threads=2, read_buffer=8, log_every_s=60.0, max_bad_in_a_row=1000))
     c.generate = ml_collections.ConfigDict(dict(
         prompt="Human: I failed my driving test today. ### Assistant:", max_new_tokens=128,
         temperature=0.0, top_k=0, top_p=1.0))

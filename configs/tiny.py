@@ -24,6 +24,31 @@ def get_config() -> ml_collections.ConfigDict:
         steps=500, batch_size=4, seq_len=256, learning_rate=3e-3, warmup_frac=0.1, b1=0.9, b2=0.95,
         weight_decay=0.0, grad_clip=1.0, log_every=50, lora_only=False, dropout_seed=1,
         output_dir="runs/tiny"))
+    # The AvaMERG input pipeline (merg_jax/data/pipeline.py documents every key and the batch it makes). Small
+    # features so a CPU keeps up: 40 mels at 50 frames/s (6.4 s per clip), 2 fps 32x32 history video, 25 fps
+    # 64x64 reply video.
+    c.data = ml_collections.ConfigDict(dict(
+        root="data/avamerg_mini",   # the dataset dir (AvaMERG layout); `merg-jax make-data` writes one
+        source="raw",               # "raw": {root}/{split}.json + media files; "tfds": prepared array_record
+        tfds_data_dir="",           # where merg_jax.data.tfds_avamerg.prepare wrote them ("" -> {root}/tfds)
+        tfds_config="mini",         # "default" (AvaMERG) or "mini" (AvaMERG-mini)
+        tokenizer="runs/tiny/tokenizer",  # HF tokenizer dir; `merg-jax train-tokenizer --data ROOT --out DIR`
+        seq_len=0, batch_size=0,    # 0: train.seq_len / train.batch_size (global batch, split over hosts)
+        max_clips=6,                # history utterances with media per sample (C); older ones are dropped
+        chain=True,                 # Chain-of-Empathy target (False: reply only, the "w/o CoE" ablation)
+        media_tokens=True,          # <Aud> <Vid> per utterance (False: the text-only ablation)
+        system_prompt="",           # "" -> merg_jax.data.templates.SYSTEM_PROMPT
+        audio=ml_collections.ConfigDict(dict(sample_rate=16000, n_fft=640, hop=320, n_mels=40, frames=320)),
+        video=ml_collections.ConfigDict(dict(fps=2.0, size=32, frames=12)),
+        reply_audio=ml_collections.ConfigDict(dict(sample_rate=16000, n_fft=640, hop=320, n_mels=40, frames=320)),
+        reply_video=ml_collections.ConfigDict(dict(fps=25.0, size=64, frames=160)),  # frames=0 turns a group off
+        missing_media="skip",       # "skip" a sample lacking a media file (counted) or "mask" that clip
+        check_media="exists",       # what the reader checks up front: "none" | "exists" | "decode"
+        shuffle=True, seed=0,
+        num_epochs=0,               # 0: repeat forever
+        workers=0,                  # grain worker processes (0: decode in the main process)
+        worker_buffer_size=2, read_threads=1, read_buffer=4,
+        log_every_s=60.0, max_bad_in_a_row=1000))
     c.generate = ml_collections.ConfigDict(dict(
         prompt="Human: I failed my driving test today. ### Assistant:", max_new_tokens=120,
         temperature=0.0, top_k=0, top_p=1.0))
