@@ -134,11 +134,12 @@ def test_two_processes_form_one_eight_device_mesh(tmp_path):
         env = dict(os.environ, MERG_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", MERG_NUM_PROCESSES="2",
                    MERG_PROCESS_ID=str(i), XLA_FLAGS="", JAX_PLATFORMS="cpu",
                    PYTHONPATH=os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")]))
+        # stderr apart: C++ log lines written to a shared stream can land in the middle of our RESULT line
         procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+                                      stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    results = [line.split() for out in outs for line in out.splitlines() if line.startswith("RESULT")]
+    results = [line.split() for out, _ in outs for line in out.splitlines() if line.startswith("RESULT")]
     assert sorted(r[1] for r in results) == ["0", "1"]
     assert all(r[2] == "2" and r[3] == "8" for r in results)
     cfg_total = float(results[0][4])

@@ -90,7 +90,7 @@ def measure(impl: str, *, batch, length, heads, kv_heads, head_dim, causal, dtyp
         temp = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
         entry = {"temp_bytes": temp}
         if temp is not None and temp > max_run_bytes:
-            entry["skipped"] = f"needs {temp / GIB:.1f} GiB"
+            entry["skipped"] = f"needs {temp / GIB:.1f} GiB" if temp >= GIB else f"needs {temp / (1 << 20):.0f} MiB"
         else:
             entry["seconds"] = _median_time(compiled, (q, k, v), repeats)
         row[name] = entry
@@ -106,7 +106,8 @@ def _cell_time(entry: dict) -> str:
         return "error"
     if "skipped" in entry:
         return "not run"
-    return f"{entry['seconds'] * 1e3:,.1f}"
+    ms = entry["seconds"] * 1e3
+    return f"{ms:.3f}" if ms < 10 else f"{ms:,.1f}"
 
 
 def _cell_mem(entry: dict) -> str:
