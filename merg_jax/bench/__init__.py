@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from merg_jax.bench import attention, llm
+from merg_jax.bench import attention, data, llm
 
-TARGETS = {"llm": llm, "attention": attention}
+TARGETS = {"llm": llm, "attention": attention, "data": data}
 
 
 def _parser() -> argparse.ArgumentParser:
