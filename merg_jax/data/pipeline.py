@@ -191,7 +191,6 @@ class DataIterator:
         self.batches = self.samples = self.skipped = 0
         self.skipped_samples: list[Skipped] = []
         self._t0 = self._last_log = time.perf_counter()
-        self._seconds_before = 0.0
 
     def __iter__(self) -> DataIterator:
         return self
@@ -219,7 +218,7 @@ class DataIterator:
 
     @property
     def stats(self) -> dict[str, float]:
-        seconds = self._seconds_before + time.perf_counter() - self._t0
+        seconds = time.perf_counter() - self._t0
         return {"batches": self.batches, "samples": self.samples, "skipped": self.skipped, "seconds": seconds,
                 "samples_per_s": self.samples / seconds if seconds > 0 else 0.0}
 

@@ -98,7 +98,8 @@ class Avamerg(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, root: pathlib.Path, split: str):
         from merg_jax.data.avamerg import read_split
 
-        s = read_split(root, split, check_media=self.builder_config.check_media)
+        check_media = getattr(self, "_merg_check_media", None) or self.builder_config.check_media
+        s = read_split(root, split, check_media=check_media)
         if s.problems:
             log.warning("%s/%s: %d problem(s), e.g. %s; their media are left out", root, split, len(s.problems),
                         s.problems[0])
@@ -119,8 +120,8 @@ def prepare(raw_dir: str | os.PathLike, data_dir: str | os.PathLike, *, config: 
     """Writes the array_record files of the dataset at `raw_dir` under `data_dir`; returns the builder.
     Preparing again is a no-op once the files exist (tfds's rule); delete the version directory to redo it."""
     builder = Avamerg(data_dir=str(data_dir), config=config)
-    if check_media is not None:
-        builder.builder_config.check_media = check_media
+    # Per-call settings live on this builder object (the BUILDER_CONFIGS instances are shared by all builders).
+    builder._merg_check_media = check_media
     builder._merg_splits = list(splits) if splits else None
     builder.download_and_prepare(
         file_format="array_record",
