@@ -20,6 +20,7 @@ At run time only the Hugging Face `tokenizers` backend is used (fast, picklable,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 from collections.abc import Iterable
@@ -33,6 +34,8 @@ ROLE_TOKENS: dict[str, str] = {"pad": PAD, "bos": BOS, "eos": EOS, "unk": UNK}
 MARKER_TOKENS: tuple[str, ...] = (AUD, VID, EMO, EMO_END, RESPONSE, RESPONSE_END)
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK) + MARKER_TOKENS
 META_FILE = "merg_tokenizer.json"
+
+log = logging.getLogger(__name__)
 
 
 class TokenizerError(ValueError):
@@ -186,8 +189,12 @@ def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
     if backend is None:
         raise TokenizerError(f"{d}: {type(hf).__name__} has no fast (tokenizers) backend; convert it to a "
                              "tokenizer.json first")
-    return _with_specials(backend, roles_found={role: getattr(hf, f"{role}_token", None) for role in ROLE_TOKENS},
-                          source=str(d))
+    tok = _with_specials(backend, roles_found={role: getattr(hf, f"{role}_token", None) for role in ROLE_TOKENS},
+                         source=str(d))
+    if tok.added_tokens:
+        log.info("%s: added %s (the model's vocabulary must grow to %d)", d,
+                 ", ".join(f"{t}={i}" for t, i in tok.added_tokens.items()), tok.vocab_size)
+    return tok
 
 
 def _with_specials(backend, *, roles_found: dict[str, str | None], source: str) -> TextTokenizer:
