@@ -109,7 +109,7 @@ class SampleTransform:
             return make_example(record, self.tokenizer, self.spec, self.root)
         except BadSample as e:
             log.debug("skipping sample %s (conversation %s, turn %s): %s: %s", record.get("index"),
-                        record.get("conversation_id"), record.get("turn_id"), e.path, e.message)
+                      record.get("conversation_id"), record.get("turn_id"), e.path, e.message)
             return Skipped(int(record.get("index", -1)), e.path, e.message)
 
 
