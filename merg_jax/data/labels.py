@@ -98,6 +98,6 @@ def avatar_index(avatar_id: int) -> int:
 
 __all__ = [
     "AGES", "ED_TO_MULTIMODAL", "EMOTIONS_32", "EMOTIONS_7", "GENDERS", "MULTIMODAL_TO_ED", "NUM_AVATARS", "ROLES",
-    "TIMBRES", "TOPICS", "age_index", "avatar_index", "avatar_profile", "emotion32_index", "emotion7_index", "gender_index",
-    "index_of", "timbre_index", "topic_index",
+    "TIMBRES", "TOPICS", "age_index", "avatar_index", "avatar_profile", "emotion32_index", "emotion7_index",
+    "gender_index", "index_of", "timbre_index", "topic_index",
 ]
