@@ -328,29 +328,29 @@ def make_dialogue(seed: int, index: int, conversation_id: str | None = None) -> 
         # ---- listener
         stage = "open" if i == 0 else ("close" if i == num_turns - 1 else "support")
         if stage == "open":
-            ack = rng.choice(T.ACKS[emotion])
+            ack = r(rng.choice(T.ACKS[emotion]), 2)
             reflect = r(rng.choice(T.REFLECTIONS[emotion]), 2, subject=subject2)
-            question = _pick(rng, T.QUESTIONS, emotion)
+            question = r(_pick(rng, T.QUESTIONS, emotion), 2)
             pattern = rng.choice([(ack, reflect, question), (ack, question), (ack, reflect), (reflect, question),
                                   (ack, reflect, question)])
             reply = _join(pattern)
         elif stage == "support":
-            parts = [rng.choice(T.CONNECTORS), rng.choice(T.VALIDATIONS[emotion])]
+            parts = [rng.choice(T.CONNECTORS), r(rng.choice(T.VALIDATIONS[emotion]), 2)]
             if rng.random() < 0.5:
-                parts = [rng.choice(T.VALIDATIONS[emotion])]
+                parts = [r(rng.choice(T.VALIDATIONS[emotion]), 2)]
             parts.append(give_advice())
             if rng.random() < 0.35:
-                parts.append(_pick(rng, T.QUESTIONS, emotion))
+                parts.append(r(_pick(rng, T.QUESTIONS, emotion), 2))
             reply = _join(parts)
         else:
             parts = []
             if need_said and rng.random() < 0.6:
                 parts.append(r(rng.choice(T.ENCOURAGE_NEED), 2, need=need2))
             else:
-                parts.append(rng.choice(T.VALIDATIONS[emotion]))
+                parts.append(r(rng.choice(T.VALIDATIONS[emotion]), 2))
             if num_turns == 2 or rng.random() < 0.5:
                 parts.append(give_advice())
-            parts.append(_pick(rng, T.CLOSINGS, emotion, shared=0.4))
+            parts.append(r(_pick(rng, T.CLOSINGS, emotion, shared=0.4), 2))
             reply = _join(parts)
         if rng.random() < 0.2:
             reply = _join([rng.choice(T.INTERJECTIONS[emotion]), reply])
