@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from merg_jax.kernels.mask import MaskInfo, PaddedMask, element_mask, needed_blocks, pad_to_blocks
+from merg_jax.kernels.vma import varying_like
 
 DEFAULT_BLOCK = 512
 
@@ -35,14 +36,6 @@ def _blocks(x, block: int, axis: int = 1):
 def _unblocks(x, axis: int = 1):
     x = jnp.moveaxis(x, 0, axis)
     return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2:])
-
-
-def _varying_like(ref, x):
-    """Gives a fresh accumulator the same shard_map varying axes as `ref`, so loop carries type-check."""
-    aval = jax.typeof(ref)
-    manual = getattr(aval, "manual_axis_type", None)  # JAX ≥ 0.10; older releases call it `vma`
-    vma = tuple(sorted(manual.varying if manual is not None else (getattr(aval, "vma", None) or ())))
-    return jax.lax.pcast(x, vma, to="varying") if vma else x
 
 
 def _block_mask(m: PaddedMask, qi, ki, bq: int, bk: int):
@@ -86,7 +79,7 @@ def _forward(q, k, v, m: PaddedMask, need, scale, bq, bk):
         def step(ki, carry):
             return jax.lax.cond(need[:, qi, ki].any(), visit, lambda _, c: c, ki, carry)
 
-        init = jax.tree.map(functools.partial(_varying_like, qb), (
+        init = jax.tree.map(functools.partial(varying_like, qb), (
             jnp.zeros((b, hk, g, bq, dv), jnp.float32), jnp.full((b, hk, g, bq), -jnp.inf, jnp.float32),
             jnp.zeros((b, hk, g, bq), jnp.float32)))
         acc, row_max, row_sum = jax.lax.fori_loop(0, nk, step, init)
@@ -130,7 +123,7 @@ def _backward(q, k, v, m, need, out, lse, d_out, scale, bq, bk):
                                            preferred_element_type=jnp.float32)
 
         step = lambda ki, dq: jax.lax.cond(need[:, qi, ki].any(), visit, lambda _, x: x, ki, dq)  # noqa: E731
-        return jax.lax.fori_loop(0, nk, step, _varying_like(q, jnp.zeros((b, bq, hk, g, d), jnp.float32)))
+        return jax.lax.fori_loop(0, nk, step, varying_like(q, jnp.zeros((b, bq, hk, g, d), jnp.float32)))
 
     def dkv_block(ki):
         def visit(qi, carry):
@@ -143,8 +136,8 @@ def _backward(q, k, v, m, need, out, lse, d_out, scale, bq, bk):
             return dk, dv
 
         step = lambda qi, c: jax.lax.cond(need[:, qi, ki].any(), visit, lambda _, x: x, qi, c)  # noqa: E731
-        init = (_varying_like(q, jnp.zeros((b, bk, hk, d), jnp.float32)),
-                _varying_like(q, jnp.zeros((b, bk, hk, v.shape[-1]), jnp.float32)))
+        init = (varying_like(q, jnp.zeros((b, bk, hk, d), jnp.float32)),
+                varying_like(q, jnp.zeros((b, bk, hk, v.shape[-1]), jnp.float32)))
         return jax.lax.fori_loop(0, nq, step, init)
 
     dq = _unblocks(jax.lax.map(dq_block, jnp.arange(nq)))

@@ -38,6 +38,7 @@ from jax.experimental.pallas import triton as plgpu
 from jaxtyping import Array, Float, Int
 
 from merg_jax.kernels.mask import MaskInfo, PaddedMask, element_mask, needed_blocks, pad_to_blocks
+from merg_jax.kernels.vma import out_struct
 
 # A finite stand-in for -inf in scores (as the upstream Pallas kernels do), so running maxima stay finite.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -273,8 +274,8 @@ def _forward(q, k, v, m: PaddedMask, cfg: _Config):
         pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, i)),
         pl.BlockSpec((None, None, None), lambda i, bi, hi: (bi, hi, i)),
     ]
-    out_shape = [jax.ShapeDtypeStruct((b, lqp, h, dv), q.dtype), jax.ShapeDtypeStruct((b, h, lqp), jnp.float32),
-                 jax.ShapeDtypeStruct((b, h, nq), jnp.int32)]
+    out_shape = [out_struct((b, lqp, h, dv), q.dtype, q, k, v), out_struct((b, h, lqp), jnp.float32, q, k, v),
+                 out_struct((b, h, nq), jnp.int32, q, k, v)]
     return pl.pallas_call(
         kernel, grid=(nq, b, h), in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
         compiler_params=_compiler_params(cfg), interpret=cfg.interpret, name="merg_attention_fwd",
@@ -310,7 +311,7 @@ def _backward(q, k, v, m: PaddedMask, out, lse, d_out, cfg: _Config):
                  pl.BlockSpec((None, None, None), lambda i, bi, hi: (bi, hi, i))]
     dq, dq_visits = pl.pallas_call(
         functools.partial(_dq_kernel, cfg=cfg, bk=bk), grid=(nq, b, h), in_specs=in_specs, out_specs=out_specs,
-        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, nq), jnp.int32)],
+        out_shape=[out_struct(q.shape, q.dtype, q, k, v), out_struct((b, h, nq), jnp.int32, q, k, v)],
         compiler_params=_compiler_params(cfg), interpret=cfg.interpret, name="merg_attention_dq",
     )(sched, q, k, v, d_out, lse, delta, m.q_segment_ids, m.q_positions, m.q_span_ids, m.kv_segment_ids,
       m.kv_positions, m.kv_span_ids)
@@ -340,8 +341,8 @@ def _backward(q, k, v, m: PaddedMask, out, lse, d_out, cfg: _Config):
     dk, dv, dkv_visits = pl.pallas_call(
         functools.partial(_dkv_kernel, cfg=cfg, bq=bq, groups=groups), grid=(nk, b, hk), in_specs=in_specs,
         out_specs=out_specs,
-        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
-                   jax.ShapeDtypeStruct((b, hk, groups, nk), jnp.int32)],
+        out_shape=[out_struct(k.shape, k.dtype, q, k, v), out_struct(v.shape, v.dtype, q, k, v),
+                   out_struct((b, hk, groups, nk), jnp.int32, q, k, v)],
         compiler_params=_compiler_params(cfg), interpret=cfg.interpret, name="merg_attention_dkv",
     )(sched, qg, k, v, dog, lse_g, delta_g, m.q_segment_ids, m.q_positions, m.q_span_ids, m.kv_segment_ids,
       m.kv_positions, m.kv_span_ids)

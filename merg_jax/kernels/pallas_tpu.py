@@ -45,6 +45,7 @@ from jax.experimental.pallas import tpu as pltpu
 from jaxtyping import Array, Bool, Float, Int
 
 from merg_jax.kernels.mask import MaskInfo, needed_blocks, pad_to_blocks
+from merg_jax.kernels.vma import out_struct
 
 NUM_LANES = 128
 NUM_SUBLANES = 8
@@ -218,11 +219,11 @@ def _forward(q, k, v, q_cols, kv_rows, kv_map, cfg: _Cfg, count: bool):
         pl.BlockSpec((None, nf, bq, NUM_LANES), q_cols_map),
         pl.BlockSpec((None, nf, NUM_SUBLANES, bk), kv_rows_map),
     ]
-    out_shape = [jax.ShapeDtypeStruct((b, h, lqp, dv), q.dtype),
-                 jax.ShapeDtypeStruct((b, h, lqp, NUM_LANES), jnp.float32)]
+    out_shape = [out_struct((b, h, lqp, dv), q.dtype, q, k, v),
+                 out_struct((b, h, lqp, NUM_LANES), jnp.float32, q, k, v)]
     out_specs = [pl.BlockSpec((None, None, bq, dv), q_map), pl.BlockSpec((None, None, bq, NUM_LANES), q_map)]
     if count:
-        out_shape.append(jax.ShapeDtypeStruct((b, h, nq, NUM_SUBLANES, NUM_LANES), jnp.int32))
+        out_shape.append(out_struct((b, h, nq, NUM_SUBLANES, NUM_LANES), jnp.int32, q, k, v))
         out_specs.append(pl.BlockSpec((None, None, None, NUM_SUBLANES, NUM_LANES), visits_map))
     scratch = [pltpu.VMEM((bq, NUM_LANES), jnp.float32), pltpu.VMEM((bq, NUM_LANES), jnp.float32),
                pltpu.VMEM((bq, dv), jnp.float32)]
@@ -352,10 +353,10 @@ def _backward(q, k, v, out, lse, d_out, q_cols, kv_rows, q_rows, kv_cols, kv_map
         pl.BlockSpec((None, nf, bq, NUM_LANES), lambda bi, hi, i, j, m: (bi, 0, i, 0)),
         pl.BlockSpec((None, nf, NUM_SUBLANES, bk), lambda bi, hi, i, j, m: (bi, 0, 0, _fetched(m[bi, i, j]))),
     ]
-    dq_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
+    dq_shape = [out_struct(q.shape, q.dtype, q, k, v)]
     dq_specs = [pl.BlockSpec((None, None, bq, d), q_idx)]
     if count:
-        dq_shape.append(jax.ShapeDtypeStruct((b, h, nq, NUM_SUBLANES, NUM_LANES), jnp.int32))
+        dq_shape.append(out_struct((b, h, nq, NUM_SUBLANES, NUM_LANES), jnp.int32, q, k, v))
         dq_specs.append(pl.BlockSpec((None, None, None, NUM_SUBLANES, NUM_LANES), visits_idx))
     dq_outs = pl.pallas_call(
         functools.partial(_dq_kernel, cfg=cfg, num_k_blocks=nk, count=count),
@@ -397,10 +398,10 @@ def _backward(q, k, v, out, lse, d_out, q_cols, kv_rows, q_rows, kv_cols, kv_map
         pl.BlockSpec((None, nf, NUM_SUBLANES, bq), q_rows_idx),
         pl.BlockSpec((None, nf, bk, NUM_LANES), kv_cols_idx),
     ]
-    dkv_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
+    dkv_shape = [out_struct(k.shape, k.dtype, q, k, v), out_struct(v.shape, v.dtype, q, k, v)]
     dkv_specs = [pl.BlockSpec((None, None, bk, d), k_idx), pl.BlockSpec((None, None, bk, dv), k_idx)]
     if count:
-        dkv_shape.append(jax.ShapeDtypeStruct((b, h, nk, NUM_SUBLANES, NUM_LANES), jnp.int32))
+        dkv_shape.append(out_struct((b, h, nk, NUM_SUBLANES, NUM_LANES), jnp.int32, q, k, v))
         dkv_specs.append(pl.BlockSpec((None, None, None, NUM_SUBLANES, NUM_LANES), dkv_visits_idx))
     dkv_outs = pl.pallas_call(
         functools.partial(_dkv_kernel, cfg=cfg, num_q_blocks=nq, group=g, count=count),
