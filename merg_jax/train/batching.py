@@ -128,7 +128,11 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    """Places a host batch on the mesh, split over (`data`, `fsdp`) along the batch axis. On several hosts each
-    process passes its own slice of the global batch."""
+    """Places a global batch on the mesh, split over (`data`, `fsdp`) along the batch axis.
+
+    Every process holds the same global batch (the iterators are seeded alike) and hands each of its devices
+    only that device's rows, so one process and N processes train on exactly the same data.
+    """
     sharding = NamedSharding(mesh, BATCH_SPEC)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+    return {k: jax.make_array_from_callback(np.shape(v), sharding, lambda idx, v=np.asarray(v): v[idx])
+            for k, v in batch.items()}

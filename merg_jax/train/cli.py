@@ -111,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     import jax
 
+    from merg_jax.sharding import initialize
     from merg_jax.train.loop import train_llm
+
+    initialize()  # joins the multi-process run when the environment describes one (launch/README.md)
 
     start = time.perf_counter()
     log.info("merg-jax train | config %s | jax %s on %s", args.config, jax.__version__, jax.default_backend())
@@ -119,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     first, last = history[0]["loss"], history[-1]["loss"]
     log.info("trained %d steps in %.1f s: loss %.4f -> %.4f", len(history), time.perf_counter() - start, first, last)
 
+    if jax.process_count() > 1:
+        # Exporting and sampling need the whole model on one host; multi-host checkpoints are orbax's job.
+        log.info("process %d of %d: done (multi-process runs neither export nor sample)", jax.process_index(),
+                 jax.process_count())
+        return 0
     prompt = config.generate.prompt
     log.info("prompt: %s", prompt)
     log.info("reply:  %s", reply_to(model, prompt, config.generate))
