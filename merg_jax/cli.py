@@ -12,7 +12,7 @@ COMMANDS = {
     "make-data": ("merg_jax.data.mini.cli", "generate AvaMERG-mini: dialogues, espeak-ng speech, avatar videos"),
     "inspect-data": ("merg_jax.data.inspect", "counts, label distributions, durations and problems of a dataset"),
     "train-tokenizer": ("merg_jax.data.tokenizer_cli", "train a byte-level BPE tokenizer on a training split"),
-    "bench": ("merg_jax.bench", "benchmarks: ours and the peer side by side (`bench llm`, `bench attention`)"),
+    "bench": ("merg_jax.bench", "benchmarks: ours and the peer side by side (`bench llm | attention | data`)"),
 }
 
 

@@ -1,7 +1,8 @@
 """`merg-jax bench TARGET`: ours and the peer side by side in one run, with the ratio.
 
 Targets: `llm` (training step and decoding vs Hugging Face PyTorch LLaMA), `attention` (blockwise vs XLA and the
-naive reference on CPU; the Pallas GPU kernel vs cuDNN and XLA on a GPU).
+naive reference on CPU; the Pallas GPU kernel vs cuDNN and XLA on a GPU), `data` (the grain pipeline's samples/s
+with 0 and N workers).
 """
 
 from __future__ import annotations
