@@ -72,20 +72,6 @@ def forward_check(model, length: int = 8) -> bool:
     return finite
 
 
-def _parse_mesh(text: str | None):
-    if not text:
-        return None
-    from merg_jax.sharding import make_mesh
-
-    sizes = {}
-    for part in text.split(","):
-        name, _, size = part.partition("=")
-        if not size:
-            raise ValueError(f"--mesh {text!r}: expected comma-separated axis=size, e.g. data=1,fsdp=-1,tensor=1")
-        sizes[name.strip()] = int(size)
-    return make_mesh(sizes)
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="merg-jax convert-hf", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,10 +96,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _import(args) -> int:
     from merg_jax.convert.hf_llama import load_hf_llama, save_hf_llama
+    from merg_jax.sharding.mesh import parse_mesh_flag
 
     t0 = time.perf_counter()
     model, cfg = load_hf_llama(args.src, dtype=args.dtype, compute_dtype=args.compute_dtype,
-                               mesh=_parse_mesh(args.mesh))
+                               mesh=parse_mesh_flag(args.mesh))
     print(f"loaded {args.src} in {time.perf_counter() - t0:.1f}s")
     _print_summary(model, cfg)
     ok = True if args.no_forward else forward_check(model)

@@ -36,20 +36,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_mesh(text: str | None):
-    if not text:
-        return None
-    from merg_jax.sharding import make_mesh
-
-    sizes = {}
-    for part in text.split(","):
-        name, _, size = part.partition("=")
-        if not size:
-            raise ValueError(f"--mesh {text!r}: expected comma-separated axis=size, e.g. data=1,fsdp=1,tensor=-1")
-        sizes[name.strip()] = int(size)
-    return make_mesh(sizes)
-
-
 def stop_token_ids(tokenizer, model_dir: str | Path) -> list[int]:
     """The tokenizer's EOS plus any `eos_token_id` (int or list) in `generation_config.json`."""
     ids = set()
@@ -95,10 +81,11 @@ def _run(args) -> int:
 
     from merg_jax.convert import load_hf_llama  # imported here: the HF importer is a heavy, optional path
     from merg_jax.infer.generate import generate_with_info
+    from merg_jax.sharding.mesh import parse_mesh_flag
 
     tok_dir = args.tokenizer or args.hf
     tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-    mesh = _parse_mesh(args.mesh)
+    mesh = parse_mesh_flag(args.mesh)
     t0 = time.perf_counter()
     model, cfg = load_hf_llama(args.hf, mesh=mesh, dtype=args.dtype, compute_dtype=args.compute_dtype)
     print(f"loaded {args.hf} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)

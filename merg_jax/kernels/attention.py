@@ -16,6 +16,7 @@ from merg_jax.kernels.mask import make_mask_info
 from merg_jax.kernels.pallas_gpu import pallas_gpu_attention
 from merg_jax.kernels.pallas_tpu import pallas_tpu_attention
 from merg_jax.kernels.reference import masked_softmax_attention, reference_attention
+from merg_jax.kernels.shapes import check_qkv
 
 IMPLS = ("auto", "reference", "xla", "blockwise", "pallas_tpu", "pallas_gpu")
 # Below this many score entries per head the whole score matrix is cheap and one fused XLA program wins.
@@ -60,10 +61,7 @@ def attention(
     in the Pallas interpreter; None means "when the backend is not the kernel's platform" (so the same code
     runs, slowly but exactly, on CPU).
     """
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"attention: expected [B, L, H, D] inputs, got q{q.shape} k{k.shape} v{v.shape}")
-    if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"attention: incompatible shapes q{q.shape} k{k.shape} v{v.shape}")
+    check_qkv("attention", q, k, v)
     b, lq, _, d = q.shape
     info = make_mask_info(b, lq, k.shape[1], causal=causal, q_segment_ids=q_segment_ids,
                           kv_segment_ids=kv_segment_ids, q_span_ids=q_span_ids, kv_span_ids=kv_span_ids,

@@ -38,6 +38,7 @@ from jax.experimental.pallas import triton as plgpu
 from jaxtyping import Array, Float, Int
 
 from merg_jax.kernels.mask import MaskInfo, PaddedMask, element_mask, needed_blocks, pad_to_blocks
+from merg_jax.kernels.shapes import check_qkv
 from merg_jax.kernels.vma import out_struct
 
 # A finite stand-in for -inf in scores (as the upstream Pallas kernels do), so running maxima stay finite.
@@ -378,16 +379,9 @@ _attend.defvjp(_attend_fwd, _attend_bwd)
 
 
 def _prepare(q, k, v, info: MaskInfo, scale: float, block_sizes, interpret: bool):
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"pallas_gpu_attention: expected [B, L, H, D] inputs, got q{q.shape} k{k.shape} v{v.shape}")
+    check_qkv("pallas_gpu_attention", q, k, v, same_dtype=True)
     b, lq, h, d = q.shape
     lk, hk = k.shape[1], k.shape[2]
-    if k.shape[:3] != v.shape[:3] or k.shape[0] != b or k.shape[-1] != d:
-        raise ValueError(f"pallas_gpu_attention: incompatible shapes q{q.shape} k{k.shape} v{v.shape}")
-    if h % hk:
-        raise ValueError(f"pallas_gpu_attention: {h} query heads are not a multiple of {hk} key/value heads")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"pallas_gpu_attention: q, k, v must share a dtype, got {q.dtype} {k.dtype} {v.dtype}")
     blocks = _resolve_blocks(block_sizes, lq, lk)
     lqp = _round_up(lq, max(blocks.block_q, blocks.block_q_dq, blocks.block_q_dkv))
     lkp = _round_up(lk, max(blocks.block_k, blocks.block_k_dq, blocks.block_k_dkv))

@@ -45,6 +45,7 @@ from jax.experimental.pallas import tpu as pltpu
 from jaxtyping import Array, Bool, Float, Int
 
 from merg_jax.kernels.mask import MaskInfo, needed_blocks, pad_to_blocks
+from merg_jax.kernels.shapes import check_qkv
 from merg_jax.kernels.vma import out_struct
 
 NUM_LANES = 128
@@ -451,14 +452,9 @@ _attend.defvjp(_attend_fwd, _attend_bwd)
 
 
 def _prepare(q, k, v, info: MaskInfo, scale: float, block_sizes, interpret):
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"pallas_tpu_attention: expected [B, L, H, D] inputs, got q{q.shape} k{k.shape} v{v.shape}")
+    check_qkv("pallas_tpu_attention", q, k, v)
     b, lq, h, d = q.shape
     lk, hk = k.shape[1], k.shape[2]
-    if k.shape[:3] != v.shape[:3] or k.shape[0] != b or k.shape[-1] != d:
-        raise ValueError(f"pallas_tpu_attention: incompatible shapes q{q.shape} k{k.shape} v{v.shape}")
-    if h % hk:
-        raise ValueError(f"pallas_tpu_attention: {h} query heads are not a multiple of {hk} key/value heads")
     interpret = _interpret_params(interpret)
     align = NUM_LANES if interpret is False else NUM_SUBLANES
     bq, bk = _block_sizes(block_sizes, lq, lk, align)

@@ -2,7 +2,7 @@
 
 from merg_jax.sharding.distributed import initialize, is_multiprocess_env
 from merg_jax.sharding.placement import create_sharded, shard_model
-from merg_jax.sharding.mesh import AXES, make_mesh, resolve_axis_sizes, single_device_mesh
+from merg_jax.sharding.mesh import AXES, make_mesh, parse_mesh_flag, resolve_axis_sizes, single_device_mesh
 from merg_jax.sharding.rules import (
     DEFAULT_RULES,
     constrain,
@@ -15,6 +15,6 @@ from merg_jax.sharding.rules import (
 
 __all__ = [
     "AXES", "DEFAULT_RULES", "constrain", "create_sharded", "shard_model", "current_rules", "initialize", "is_multiprocess_env",
-    "logical_to_spec", "make_mesh", "named_sharding", "resolve_axis_sizes", "single_device_mesh",
+    "logical_to_spec", "make_mesh", "parse_mesh_flag", "named_sharding", "resolve_axis_sizes", "single_device_mesh",
     "state_shardings", "use_rules",
 ]

@@ -68,3 +68,20 @@ def make_mesh(mesh_config: Mapping | None = None, devices: Sequence[jax.Device] 
 
 def single_device_mesh() -> jax.sharding.Mesh:
     return make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+
+
+def parse_mesh_flag(text: str | None) -> jax.sharding.Mesh | None:
+    """`--mesh data=1,fsdp=-1,tensor=2` → a mesh (None for an empty flag); errors name the flag."""
+    if not text:
+        return None
+    sizes = {}
+    for part in text.split(","):
+        name, _, size = part.partition("=")
+        if not size or name.strip() not in AXES:
+            raise ValueError(f"--mesh {text!r}: expected comma-separated axis=size over {AXES}, "
+                             "e.g. data=1,fsdp=-1,tensor=1")
+        try:
+            sizes[name.strip()] = int(size)
+        except ValueError as e:
+            raise ValueError(f"--mesh {text!r}: size {size!r} of {name.strip()!r} is not an integer") from e
+    return make_mesh(sizes)
