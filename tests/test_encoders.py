@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -13,8 +14,8 @@ from flax import nnx
 
 from merg_jax.convert.hf_encoders import load_hf_ast, load_hf_clip_vision
 from merg_jax.convert.safetensors_io import TensorSpec, read_header, write_safetensors
-from merg_jax.models.encoders import (AudioConfig, AudioEncoder, VisionConfig, VisionEncoder, fit_length,
-                                      sample_frame_indices, sample_frames)
+from merg_jax.models.encoders import (AST_MEAN, AST_STD, AudioConfig, AudioEncoder, VisionConfig, VisionEncoder,
+                                      fit_length, normalize_ast, sample_frame_indices, sample_frames)
 from merg_jax.sharding import make_mesh
 
 torch = pytest.importorskip("torch")
@@ -72,7 +73,7 @@ def _max_diff(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
 
 
-@pytest.mark.parametrize("impl", ["xla", "reference"])
+@pytest.mark.parametrize("impl", ["xla", "reference", "blockwise"])
 def test_clip_vision_matches_hf(clip_dir, impl):
     path, hf = clip_dir
     model, cfg = load_hf_clip_vision(path, attention_impl=impl)
@@ -109,6 +110,18 @@ def test_ast_matches_hf(ast_dir):
     assert out.tokens.shape == (2, 5, 32) and out.pooled.shape == (2, 32)
     assert _max_diff(out.tokens, ref.last_hidden_state.numpy()) <= TOL
     assert _max_diff(out.pooled, ref.pooler_output.numpy()) <= TOL
+
+
+def test_bfloat16_weights_and_compute(ast_dir):
+    path, hf = ast_dir
+    model, cfg = load_hf_ast(path, dtype=jnp.bfloat16, compute_dtype=jnp.bfloat16)
+    assert model.encoder.layers.attn.q_proj.kernel[...].dtype == jnp.bfloat16
+    mel = np.random.default_rng(6).standard_normal((2, 32, 16)).astype(np.float32)
+    with torch.no_grad():
+        ref = hf(input_values=torch.from_numpy(mel)).pooler_output.numpy()
+    out = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(mel))
+    assert out.pooled.dtype == jnp.bfloat16
+    assert _max_diff(out.pooled, ref) <= 0.1 * float(np.max(np.abs(ref)))
 
 
 def test_ast_more_frequency_patches(tmp_path):
@@ -157,6 +170,7 @@ def test_frame_sampling():
     mel = np.ones((5, 4), np.float32)
     assert fit_length(mel, 8).shape == (8, 4) and fit_length(mel, 3).shape == (3, 4)
     assert float(fit_length(mel, 8)[6].sum()) == 0.0
+    np.testing.assert_allclose(normalize_ast(np.array([AST_MEAN, AST_MEAN + 2 * AST_STD])), [0.0, 1.0], atol=1e-6)
 
 
 def _rewrite(src, dst, rename=None, drop=(), extra=None):
@@ -257,8 +271,13 @@ def test_fresh_models_run_and_differentiate():
     def loss(m, x):
         return jnp.sum(m(x).pooled ** 2)
 
-    grads = nnx.grad(loss)(v, jnp.ones((1, 16, 16, 3)))
+    x = jnp.asarray(np.random.default_rng(7).standard_normal((1, 16, 16, 3)), jnp.float32)
+    grads = nnx.grad(loss)(v, x)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    v_remat = VisionEncoder(dataclasses.replace(v.cfg, remat=True, scan_layers=False), rngs=nnx.Rngs(0))
+    grads_remat = nnx.grad(loss)(v_remat, x)
+    for g, h in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_remat)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(h), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="expected pixels"):
         v(jnp.ones((1, 3, 16, 16)))
     with pytest.raises(ValueError, match="expected log_mel"):

@@ -83,6 +83,7 @@ class VisionConfig:
     param_dtype: str = "float32"
     attention_impl: str = "auto"
     scan_layers: bool = True
+    remat: bool = False  # recompute each layer's activations in the backward pass (fine-tuning at scale)
 
     def __post_init__(self):
         _check_common(self, "VisionConfig")
@@ -119,6 +120,7 @@ class AudioConfig:
     param_dtype: str = "float32"
     attention_impl: str = "auto"
     scan_layers: bool = True
+    remat: bool = False  # recompute each layer's activations in the backward pass (fine-tuning at scale)
 
     def __post_init__(self):
         _check_common(self, "AudioConfig")
@@ -245,7 +247,7 @@ class Encoder(nnx.Module):
     """`num_layers` EncoderLayers, parameters stacked on a leading `layers` axis; scanned or unrolled."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
-        self.num_layers, self.scan = cfg.num_layers, cfg.scan_layers
+        self.num_layers, self.scan, self.remat = cfg.num_layers, cfg.scan_layers, cfg.remat
 
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -260,6 +262,8 @@ class Encoder(nnx.Module):
         def body(h, layer_params):
             return nnx.merge(graphdef, layer_params)(h), None
 
+        if self.remat:
+            body = jax.checkpoint(body, prevent_cse=not self.scan)
         if self.scan:
             return jax.lax.scan(body, x, params)[0]
         for i in range(self.num_layers):
@@ -346,6 +350,17 @@ def fit_length(log_mel, max_length: int, pad_value: float = 0.0):
         return log_mel[..., :max_length, :]
     pad = [(0, 0)] * (log_mel.ndim - 2) + [(0, max_length - n), (0, 0)]
     return xp.pad(log_mel, pad, constant_values=pad_value)
+
+
+# AudioSet statistics of the pretrained AST checkpoints' Kaldi fbank features (transformers' ASTFeatureExtractor).
+AST_MEAN, AST_STD = -4.2677393, 4.5689974
+
+
+def normalize_ast(log_mel, mean: float = AST_MEAN, std: float = AST_STD):
+    """(x - mean) / (2·std), as `ASTFeatureExtractor(do_normalize=True)` does; the model itself does not normalise.
+    Pretrained AST checkpoints were trained on Kaldi fbank features (25 ms Hanning window, 10 ms shift,
+    128 mel bins), which `merg_jax.data.features.log_mel` only approximates."""
+    return (log_mel - mean) / (2.0 * std)
 
 
 class AudioEncoder(nnx.Module):
