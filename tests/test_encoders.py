@@ -14,8 +14,9 @@ from flax import nnx
 
 from merg_jax.convert.hf_encoders import load_hf_ast, load_hf_clip_vision
 from merg_jax.convert.safetensors_io import TensorSpec, read_header, write_safetensors
-from merg_jax.models.encoders import (AST_MEAN, AST_STD, AudioConfig, AudioEncoder, VisionConfig, VisionEncoder,
-                                      fit_length, normalize_ast, sample_frame_indices, sample_frames)
+from merg_jax.models.encoders import (AST_MEAN, AST_STD, CLIP_MEAN, CLIP_STD, AudioConfig, AudioEncoder,
+                                      VisionConfig, VisionEncoder, fit_length, normalize_ast, normalize_clip,
+                                      sample_frame_indices, sample_frames)
 from merg_jax.sharding import make_mesh
 
 torch = pytest.importorskip("torch")
@@ -170,6 +171,9 @@ def test_frame_sampling():
     mel = np.ones((5, 4), np.float32)
     assert fit_length(mel, 8).shape == (8, 4) and fit_length(mel, 3).shape == (3, 4)
     assert float(fit_length(mel, 8)[6].sum()) == 0.0
+    img = np.full((2, 2, 3), 255, np.uint8)
+    np.testing.assert_allclose(normalize_clip(img)[0, 0], (1 - np.array(CLIP_MEAN)) / np.array(CLIP_STD), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(normalize_clip(jnp.asarray(img))), normalize_clip(img), rtol=1e-6)
     np.testing.assert_allclose(normalize_ast(np.array([AST_MEAN, AST_MEAN + 2 * AST_STD])), [0.0, 1.0], atol=1e-6)
 
 

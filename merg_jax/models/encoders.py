@@ -14,10 +14,11 @@ both return an `EncoderOutput`: the token sequence `[B, N, D]` and one pooled em
   frequency/time strides, class + distillation tokens, position embeddings, layers, final LayerNorm;
   `pooled` = mean of the two special tokens' outputs.
 
-Images are channels-last (`[H, W, C]`, as `merg_jax.data.features.video_frames` produces them) and log-mels are
-`[frames, n_mels]` (as `log_mel` produces them). Parameters carry logical axis names (`embed`, `q_heads`, `mlp`,
+Images are channels-last (`[H, W, C]`, as `merg_jax.data.features.video_frames` produces them; `normalize_clip`
+applies CLIP's pixel statistics) and log-mels are `[frames, n_mels]` (as `log_mel` produces them; `fit_length`
+crops/pads to `max_length`, `normalize_ast` applies AST's statistics). Parameters carry logical axis names (`embed`, `q_heads`, `mlp`,
 `norm`, `layers`) so the sharding rule table places them; the layers are stacked on a leading `layers` axis and
-scanned (or unrolled), like the LLM.
+scanned (or unrolled, optionally rematerialised), like the LLM. Importers: `merg_jax.convert.hf_encoders`.
 """
 
 from __future__ import annotations
@@ -289,6 +290,20 @@ def sample_frames(frames, num_frames: int, axis: int = 0):
     """`frames` (numpy or jax, time on `axis`) at `sample_frame_indices(len, num_frames)`."""
     idx = sample_frame_indices(frames.shape[axis], num_frames)
     return frames.take(idx, axis=axis) if isinstance(frames, np.ndarray) else jnp.take(frames, idx, axis=axis)
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's RGB statistics (transformers' CLIPImageProcessor)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def normalize_clip(pixels, mean=CLIP_MEAN, std=CLIP_STD):
+    """uint8 RGB `[..., H, W, 3]` (0..255; floats are taken as 0..1) → the float32 input CLIP towers expect:
+    (x - mean) / std per channel. Resize / centre-crop to `image_size` first (`data.features.video_frames`)."""
+    xp = np if isinstance(pixels, np.ndarray) else jnp
+    x = pixels.astype(xp.float32)
+    if pixels.dtype == xp.uint8:
+        x = x / 255.0
+    return (x - xp.asarray(mean, xp.float32)) / xp.asarray(std, xp.float32)
 
 
 class VisionEncoder(nnx.Module):
