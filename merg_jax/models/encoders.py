@@ -18,7 +18,8 @@ Images are channels-last (`[H, W, C]`, as `merg_jax.data.features.video_frames` 
 applies CLIP's pixel statistics) and log-mels are `[frames, n_mels]` (as `log_mel` produces them; `fit_length`
 crops/pads to `max_length`, `normalize_ast` applies AST's statistics). Parameters carry logical axis names
 (`embed`, `q_heads`, `mlp`, `norm`, `layers`) so the sharding rule table places them; the layers are stacked on a
-leading `layers` axis and scanned (or unrolled, optionally rematerialised), like the LLM. Importers: `merg_jax.convert.hf_encoders`.
+leading `layers` axis and scanned (or unrolled, optionally rematerialised), like the LLM.
+Importers: `merg_jax.convert.hf_encoders`.
 """
 
 from __future__ import annotations
