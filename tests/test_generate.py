@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 from scipy import stats
 
-from merg_jax.infer import generate, generate_with_info, sample_logits, SamplingConfig
+from merg_jax.infer import SamplingConfig, generate, generate_with_info, left_pad, sample_logits
 from merg_jax.models import Llm, LlmConfig
 
 
@@ -52,16 +52,6 @@ def naive_greedy(model: Llm, prompt: np.ndarray, n: int) -> np.ndarray:
     return seq[:, p:]
 
 
-def left_pad(rows: list[np.ndarray], pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    width = max(len(r) for r in rows)
-    tokens = np.full((len(rows), width), pad, np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, r in enumerate(rows):
-        tokens[i, width - len(r):] = r
-        mask[i, width - len(r):] = 1
-    return tokens, mask
-
-
 # ---------------------------------------------------------------------------------------------- greedy decoding
 
 @pytest.mark.parametrize("variant", [dict(), dict(scan_layers=False, tie_embeddings=True)])
@@ -81,7 +71,7 @@ def test_cached_greedy_equals_naive_greedy(variant):
 def test_left_padded_batch_equals_each_row_alone(model):
     vocab = model.cfg.vocab_size
     rows = [_tokens(10 + i, 1, n, vocab)[0] for i, n in enumerate([9, 3, 6, 1])]
-    tokens, mask = left_pad(rows, pad=7)
+    tokens, mask = left_pad(rows, 7)
     batched = generate(model, tokens, 10, prompt_mask=mask)
     for i, r in enumerate(rows):
         alone = generate(model, r[None], 10)
@@ -281,7 +271,7 @@ def test_greedy_matches_hugging_face_generate(tmp_path, hf_config):
 
     # A left-padded batch of different lengths, without and with a stop token that ends some rows early.
     rows = [_tokens(71 + i, 1, length, vocab)[0] for i, length in enumerate([11, 4, 7])]
-    tokens, mask = left_pad(rows, pad=pad)
+    tokens, mask = left_pad(rows, pad)
     free = np.asarray(generate(model, tokens, n, prompt_mask=mask))
     with_eos = np.asarray(generate(model, tokens, n, prompt_mask=mask, stop_tokens=[2], pad_id=pad))
     for i, r in enumerate(rows):  # each row of our batch = HF on that row alone (eos: the config's, 2)

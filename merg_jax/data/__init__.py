@@ -16,7 +16,7 @@ Modules (imported on use; the pipeline pulls in grain):
 from merg_jax.data.avamerg import (ChainOfEmpathy, Conversation, DataError, Problem, Profile, Split, Turn, Utterance,
                                    read_split)
 from merg_jax.data.builtin_corpus import EMOTIONS, PROMPT_TEMPLATE, Exchange, builtin_exchanges
-from merg_jax.data.byte_tokenizer import ByteTokenizer, pad_batch
+from merg_jax.data.byte_tokenizer import ByteTokenizer
 from merg_jax.data.features import FeatureConfig, log_mel, video_frames
 from merg_jax.data.templates import encode_example, encode_prompt, parse_target, render_prompt, render_target
 from merg_jax.data.tokenizer import TextTokenizer, load_tokenizer
@@ -24,6 +24,6 @@ from merg_jax.data.tokenizer import TextTokenizer, load_tokenizer
 __all__ = [
     "EMOTIONS", "PROMPT_TEMPLATE", "ByteTokenizer", "ChainOfEmpathy", "Conversation", "DataError", "Exchange",
     "FeatureConfig", "Problem", "Profile", "Split", "TextTokenizer", "Turn", "Utterance", "builtin_exchanges",
-    "encode_example", "encode_prompt", "load_tokenizer", "log_mel", "pad_batch", "parse_target", "read_split",
+    "encode_example", "encode_prompt", "load_tokenizer", "log_mel", "parse_target", "read_split",
     "render_prompt", "render_target", "video_frames",
 ]

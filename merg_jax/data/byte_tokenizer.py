@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -146,16 +146,3 @@ def _split_specials(text: str) -> list[str]:
     if start < len(text):
         pieces.append(text[start:])
     return pieces
-
-
-def pad_batch(sequences: Sequence[Sequence[int]], *, pad_id: int = PAD, left: bool = True):
-    """Pads token lists into `(tokens [B, L] int32, mask [B, L] bool)`; left padding (the default) is what
-    batched generation wants."""
-    length = max(len(s) for s in sequences)
-    tokens = np.full((len(sequences), length), pad_id, np.int32)
-    mask = np.zeros((len(sequences), length), bool)
-    for i, s in enumerate(sequences):
-        sl = slice(length - len(s), length) if left else slice(0, len(s))
-        tokens[i, sl] = s
-        mask[i, sl] = True
-    return tokens, mask

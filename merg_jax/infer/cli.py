@@ -50,19 +50,13 @@ def stop_token_ids(tokenizer, model_dir: str | Path) -> list[int]:
 
 def encode_batch(tokenizer, prompts: list[str], pad_id: int, add_special_tokens: bool = True):
     """Token ids of each prompt, left-padded: (tokens [B, P] int32, mask [B, P] int32)."""
-    import numpy as np
+    from merg_jax.infer.generate import left_pad
 
     rows = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
     empty = [i for i, r in enumerate(rows) if not r]
     if empty:
         raise ValueError(f"--prompt: prompt(s) {empty} encode to no tokens")
-    width = max(len(r) for r in rows)
-    tokens = np.full((len(rows), width), pad_id, np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, r in enumerate(rows):
-        tokens[i, width - len(r):] = r
-        mask[i, width - len(r):] = 1
-    return tokens, mask
+    return left_pad(rows, pad_id)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -188,3 +188,14 @@ def _generate_jit(graphdef, state, tokens, mask, stops, pad_id, rng, *, max_new_
 
     steps, _, _, out, _, lengths = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, first, out, done, lengths))
     return out, lengths, steps
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Token lists → the left-padded batch `generate` takes: (tokens [B, P] int32, prompt_mask [B, P] int32)."""
+    width = max(len(s) for s in sequences)
+    tokens = np.full((len(sequences), width), pad_id, np.int32)
+    mask = np.zeros((len(sequences), width), np.int32)
+    for i, s in enumerate(sequences):
+        tokens[i, width - len(s):] = s
+        mask[i, width - len(s):] = 1
+    return tokens, mask

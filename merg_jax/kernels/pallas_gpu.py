@@ -381,7 +381,7 @@ _attend.defvjp(_attend_fwd, _attend_bwd)
 def _prepare(q, k, v, info: MaskInfo, scale: float, block_sizes, interpret: bool):
     check_qkv("pallas_gpu_attention", q, k, v, same_dtype=True)
     b, lq, h, d = q.shape
-    lk, hk = k.shape[1], k.shape[2]
+    lk = k.shape[1]
     blocks = _resolve_blocks(block_sizes, lq, lk)
     lqp = _round_up(lq, max(blocks.block_q, blocks.block_q_dq, blocks.block_q_dkv))
     lkp = _round_up(lk, max(blocks.block_k, blocks.block_k_dq, blocks.block_k_dkv))

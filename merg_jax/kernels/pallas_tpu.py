@@ -454,7 +454,7 @@ _attend.defvjp(_attend_fwd, _attend_bwd)
 def _prepare(q, k, v, info: MaskInfo, scale: float, block_sizes, interpret):
     check_qkv("pallas_tpu_attention", q, k, v)
     b, lq, h, d = q.shape
-    lk, hk = k.shape[1], k.shape[2]
+    lk = k.shape[1]
     interpret = _interpret_params(interpret)
     align = NUM_LANES if interpret is False else NUM_SUBLANES
     bq, bk = _block_sizes(block_sizes, lq, lk, align)
