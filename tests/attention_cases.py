@@ -74,4 +74,4 @@ def random_case(seed: int, *, dtype=jnp.float32, max_len: int = 40, head_dim: in
 
 def relative_error(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-3))  # floor: exact-zero gradients vs rounding
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-2))  # floor: exact-zero gradients vs rounding

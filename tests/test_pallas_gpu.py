@@ -95,7 +95,7 @@ def _relative_error(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     # floored: a gradient that is exactly zero in the reference (one visible key per query) matches only up to
     # float32 rounding noise
-    return float(np.abs(a - b).max(initial=0.0) / max(np.abs(b).max(initial=0.0), 1e-3))
+    return float(np.abs(a - b).max(initial=0.0) / max(np.abs(b).max(initial=0.0), 1e-2))
 
 
 def _check(seed, dtype, fwd_tol, grad_tol, relative_forward=False, **pins):
