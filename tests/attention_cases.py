@@ -33,12 +33,13 @@ def sorted_segments(rng: np.random.Generator, batch: int, length: int, max_segme
     return out
 
 
-def contiguous_spans(rng: np.random.Generator, batch: int, length: int, max_spans: int = 2) -> np.ndarray:
+def contiguous_spans(rng: np.random.Generator, batch: int, length: int, max_spans: int = 2,
+                     max_span_length: int = 5) -> np.ndarray:
     out = np.zeros((batch, length), np.int32)
     for b in range(batch):
         for sid in range(1, int(rng.integers(0, max_spans + 1)) + 1):
             lo = int(rng.integers(0, length))
-            out[b, lo:lo + int(rng.integers(1, 6))] = sid
+            out[b, lo:lo + int(rng.integers(1, max_span_length + 1))] = sid
     return out
 
 

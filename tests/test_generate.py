@@ -9,15 +9,13 @@ import pytest
 from flax import nnx
 from scipy import stats
 
+from llm_testing import tiny_config
 from merg_jax.infer import SamplingConfig, generate, generate_with_info, left_pad, sample_logits
 from merg_jax.models import Llm, LlmConfig
 
 
 def _config(**kw) -> LlmConfig:
-    base = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
-                head_dim=8, dtype="float32", max_position_embeddings=64)
-    base.update(kw)
-    return LlmConfig(**base)
+    return tiny_config(**{"vocab_size": 61, "max_position_embeddings": 64, **kw})
 
 
 def _model(seed: int = 0, **kw) -> Llm:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from attention_cases import contiguous_spans
 from merg_jax.kernels.mask import dense_mask, make_mask_info
 from merg_jax.kernels.pallas_gpu import BlockSizes, pallas_gpu_attention, pallas_gpu_attention_vjp
 from merg_jax.kernels.reference import reference_attention
@@ -27,15 +28,6 @@ def _sorted_segments(rng, batch, length, max_cuts=3, first=0):
     for b in range(batch):
         cuts = np.sort(rng.integers(0, length + 1, size=int(rng.integers(0, max_cuts + 1))))
         out[b] = np.searchsorted(cuts, np.arange(length), side="right") + first
-    return out
-
-
-def _contiguous_spans(rng, batch, length, max_spans=2):
-    out = np.zeros((batch, length), np.int32)
-    for b in range(batch):
-        for sid in range(1, int(rng.integers(0, max_spans + 1)) + 1):
-            lo = int(rng.integers(0, length))
-            out[b, lo:lo + int(rng.integers(1, 12))] = sid
     return out
 
 
@@ -70,8 +62,8 @@ def make_case(seed, dtype=jnp.float32, *, ratio=None, causal=None, cross=None, s
                 kw["kv_segment_ids"] = kw["q_segment_ids"].copy()
                 kw["kv_segment_ids"][:, lk - tail:] = -7  # …unless their keys carry another id
     if spans:
-        kw["q_span_ids"] = _contiguous_spans(rng, batch, lq)
-        kw["kv_span_ids"] = kw["q_span_ids"] if not cross else _contiguous_spans(rng, batch, lk)
+        kw["q_span_ids"] = contiguous_spans(rng, batch, lq, max_span_length=11)
+        kw["kv_span_ids"] = kw["q_span_ids"] if not cross else contiguous_spans(rng, batch, lk)
     if causal and cross:
         if orphans:  # keys start after the first queries: those queries see nothing
             kw["kv_positions"] = np.arange(lk) + int(rng.integers(1, 8))
