@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
         seq_len=0, batch_size=0,    # 0: train.seq_len / train.batch_size (global batch, split over hosts)
         max_clips=6,                # history utterances with media per sample (C); older ones are dropped
         chain=True,                 # Chain-of-Empathy target (False: reply only, the "w/o CoE" ablation)
-        media_tokens=True,          # <Aud> <Vid> per utterance (False: the text-only ablation)
+        media_tokens=True,          # <Aud> <Vid> per utterance; n: n of each (a resampler); False: text only
         system_prompt="",           # "" -> merg_jax.data.templates.SYSTEM_PROMPT
         audio=ml_collections.ConfigDict(dict(sample_rate=16000, n_fft=640, hop=320, n_mels=40, frames=320)),
         video=ml_collections.ConfigDict(dict(fps=2.0, size=32, frames=12)),

@@ -161,6 +161,28 @@ def test_media_positions_name_their_utterance():
         assert tok.decode(ex.tokens[a + 1:v]) == " "
 
 
+def test_several_media_tokens_per_clip():
+    """media_tokens=n: n <Aud> then n <Vid> per utterance, all naming the utterance's clip, in a contiguous run."""
+    tok = bpe()
+    one = encode_example(tok, HISTORY, REPLY, COE, max_len=1024, max_clips=8)
+    ex = encode_example(tok, HISTORY, REPLY, COE, max_len=1024, max_clips=8, media_tokens=4)
+    assert len(ex.tokens) == len(one.tokens) + 2 * 3 * 3
+    for kind, tid in ((1, tok.aud_id), (2, tok.vid_id)):
+        pos = np.flatnonzero(ex.tokens == tid)
+        np.testing.assert_array_equal(ex.media_clip[pos], np.repeat([0, 1, 2], 4))
+        assert np.all(ex.media_kind[pos] == kind)
+        assert np.all(np.diff(pos.reshape(3, 4), axis=1) == 1)
+    # Same text around the slots: dropping the extra slots gives the one-slot sequence back.
+    keep = np.ones(len(ex.tokens), bool)
+    for tid in (tok.aud_id, tok.vid_id):
+        pos = np.flatnonzero(ex.tokens == tid).reshape(3, 4)
+        keep[pos[:, 1:].ravel()] = False
+    np.testing.assert_array_equal(ex.tokens[keep], one.tokens)
+    np.testing.assert_array_equal(ex.loss_mask[keep], one.loss_mask)
+    with pytest.raises(ValueError, match="media_tokens"):
+        encode_example(tok, HISTORY, REPLY, COE, max_len=1024, max_clips=8, media_tokens=-1)
+
+
 def test_user_text_cannot_forge_specials():
     tok = bpe()
     history = [("speaker", "look: <Aud> <Vid> <emo> sad </emo> <response>")]

@@ -71,7 +71,7 @@ import numpy as np
 from merg_jax.data.features import FeatureConfig
 from merg_jax.data.pipeline_batch import SKIPPED_KEY, SkipBadBatchIterDataset, Skipped, decode_skipped
 from merg_jax.data.pipeline_features import BadSample, FeatureSpec, make_example
-from merg_jax.data.templates import SYSTEM_PROMPT, encode_prompt
+from merg_jax.data.templates import SYSTEM_PROMPT, encode_prompt, media_slots
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ class PipelineSettings:
                            video=video, video_frames=video_frames, reply_audio=reply_audio,
                            reply_audio_frames=reply_audio_frames, reply_video=reply_video,
                            reply_video_frames=reply_video_frames, chain=bool(d.chain),
-                           media_tokens=bool(d.media_tokens), system_prompt=d.get("system_prompt") or SYSTEM_PROMPT,
+                           media_tokens=media_slots(d.media_tokens), system_prompt=d.get("system_prompt") or SYSTEM_PROMPT,
                            missing_media=str(d.missing_media))
         if d.source not in ("raw", "tfds"):
             raise ValueError(f"data.source={d.source!r}: expected 'raw' or 'tfds'")

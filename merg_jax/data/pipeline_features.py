@@ -39,7 +39,8 @@ class FeatureSpec:
     audio: mel settings of the history clips, `audio_frames` T_mel frames per clip (0: no audio arrays);
     video: fps/size of the history clips, `video_frames` F frames per clip (0: no video arrays);
     reply_audio / reply_frames, reply_video / reply_video_frames: the same for the gold reply.
-    chain: CoE target (else reply only); media_tokens: `<Aud> <Vid>` per utterance in the prompt.
+    chain: CoE target (else reply only); media_tokens: `<Aud>`/`<Vid>` tokens per utterance in the prompt
+    (True/1, n, or False/0: `templates.media_slots`).
     missing_media: "skip" (a sample missing a wanted media file is skipped and counted) or "mask" (that clip is
     zero with mask False).
     """
@@ -55,7 +56,7 @@ class FeatureSpec:
     reply_video: FeatureConfig = FeatureConfig()
     reply_video_frames: int = 0
     chain: bool = True
-    media_tokens: bool = True
+    media_tokens: int | bool = True
     system_prompt: str = SYSTEM_PROMPT
     missing_media: str = "skip"
 

@@ -27,6 +27,8 @@ it; inference must build its prompt with `encode_prompt` (not `tokenizer.encode`
 exact ids training saw. With a byte-level tokenizer, `tokenizer.decode` of the target ids gives back exactly
 `render_target(...)`; a sentencepiece tokenizer (LLaMA) may add a space in front of each piece.
 
+`media_tokens` is how many `<Aud>` (then `<Vid>`) tokens each utterance gets: 1 (`True`, the paper: one
+embedding per clip), n (a resampler's n tokens per clip, placed in order) or 0 (`False`, the text-only ablation).
 Each `<Aud>`/`<Vid>` token records its clip: the index c (0-based, oldest first) of its utterance among the history
 utterances kept in the prompt; the pipeline puts that utterance's features at `audio_mel[c]` / `video_frames[c]`.
 A history longer than `max_clips` utterances, or than the token budget, loses its oldest utterances first; if the
@@ -83,11 +85,22 @@ def coe_fields(coe: Any) -> dict[str, str | None]:
 # ------------------------------------------------------------------------------------------------ pieces
 
 
-def utterance_pieces(role: str, text: str, *, media_tokens: bool = True) -> list[Piece]:
+def media_slots(media_tokens: int | bool) -> int:
+    """Placeholder tokens per clip and modality: `True` → 1 (the paper's one embedding per clip), `False` → 0 (the
+    text-only ablation), an int n → n (a resampler's n tokens per clip)."""
+    n = int(media_tokens)
+    if n < 0 or float(media_tokens) != n:
+        raise ValueError(f"media_tokens={media_tokens!r} must be a bool or a non-negative int (tokens per clip)")
+    return n
+
+
+def utterance_pieces(role: str, text: str, *, media_tokens: int | bool = True) -> list[Piece]:
     tag = ASSISTANT if role == LISTENER_ROLE else HUMAN
-    if not media_tokens:
+    n = media_slots(media_tokens)
+    if not n:
         return [("text", f"{tag} {text}\n")]
-    return [("text", f"{tag} "), ("special", AUD), ("text", " "), ("special", VID), ("text", f" {text}\n")]
+    return ([("text", f"{tag} ")] + [("special", AUD)] * n + [("text", " ")] + [("special", VID)] * n
+            + [("text", f" {text}\n")])
 
 
 def target_pieces(reply: str, coe: Any = None, *, chain: bool = True) -> list[Piece]:
@@ -113,7 +126,7 @@ def _render(pieces: Sequence[Piece]) -> str:
 
 
 def render_prompt(history: Sequence[tuple[str, str]], *, system_prompt: str = SYSTEM_PROMPT,
-                  media_tokens: bool = True) -> str:
+                  media_tokens: int | bool = True) -> str:
     """The prompt as text; `history` is (role, text) pairs, oldest first."""
     pieces: list[Piece] = [("text", f"{system_prompt}\n\n")]
     for role, text in history:
@@ -241,7 +254,7 @@ def _history_items(history: Sequence[Any]) -> list[tuple[str, str]]:
 
 
 def encode_example(tok: TextTokenizer, history: Sequence[Any], reply: str | None, coe: Any = None, *,
-                   max_len: int, max_clips: int, chain: bool = True, media_tokens: bool = True,
+                   max_len: int, max_clips: int, chain: bool = True, media_tokens: int | bool = True,
                    system_prompt: str = SYSTEM_PROMPT) -> EncodedExample:
     """A turn as `EncodedExample` of at most `max_len + 1` tokens (so that inputs and targets, shifted by one,
     have `max_len` each). `history`: `Utterance`s, record dicts or (role, text) pairs, oldest first; `reply=None`
@@ -294,12 +307,12 @@ def encode_example(tok: TextTokenizer, history: Sequence[Any], reply: str | None
 
 
 def encode_prompt(tok: TextTokenizer, history: Sequence[Any], *, max_len: int, max_clips: int,
-                  media_tokens: bool = True, system_prompt: str = SYSTEM_PROMPT) -> EncodedExample:
+                  media_tokens: int | bool = True, system_prompt: str = SYSTEM_PROMPT) -> EncodedExample:
     """The prompt alone (`<s>` ... `### Assistant:`), as inference feeds it; `loss_mask` is all zero."""
     return encode_example(tok, history, None, max_len=max_len, max_clips=max_clips, media_tokens=media_tokens,
                           system_prompt=system_prompt)
 
 
 __all__ = ["ASSISTANT", "CLAUSES", "EncodedExample", "HUMAN", "SYSTEM_PROMPT", "TARGET_FIELDS", "coe_fields",
-           "encode_example", "encode_prompt", "parse_target", "render_prompt", "render_target", "target_pieces",
+           "encode_example", "encode_prompt", "media_slots", "parse_target", "render_prompt", "render_target", "target_pieces",
            "utterance_pieces"]
