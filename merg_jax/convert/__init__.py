@@ -7,6 +7,7 @@ no pickle: only safetensors are read.
 """
 
 from merg_jax.convert.hf_encoders import load_hf_ast, load_hf_clip_vision
+from merg_jax.convert.imagebind import load_imagebind
 from merg_jax.convert.hf_llama import (
     checkpoint_tensors,
     llm_config_from_hf,
@@ -16,5 +17,5 @@ from merg_jax.convert.hf_llama import (
     save_hf_llama,
 )
 
-__all__ = ["checkpoint_tensors", "load_hf_ast", "load_hf_clip_vision", "llm_config_from_hf", "llm_config_to_hf", "load_hf_llama", "read_hf_config",
+__all__ = ["checkpoint_tensors", "load_imagebind", "load_hf_ast", "load_hf_clip_vision", "llm_config_from_hf", "llm_config_to_hf", "load_hf_llama", "read_hf_config",
            "save_hf_llama"]

@@ -134,13 +134,16 @@ def _plan(flat_abstract, top: Mapping, layer: Mapping, layer_prefix: str, num_la
             leaf, fn = leaves[p[-1]]
             plan[path] = ([f"{layer_prefix}{i}.{module}.{leaf}" for i in range(num_layers)], fn, True)
         else:
-            raise KeyError(f"no Hugging Face name for encoder parameter {'.'.join(p)} "
-                           f"(merg_jax.convert.hf_encoders needs updating for a new parameter)")
+            raise KeyError(f"no checkpoint tensor name for encoder parameter {'.'.join(p)} "
+                           f"(the importer's name plan needs updating for a new parameter)")
     return plan
 
 
-def _load(path: Path, model_cls, cfg, tensors: dict[str, TensorInfo], top, layer, layer_prefix, summary: str,
-          mesh, seed: int):
+def _load(path: Path | str, model_cls, cfg, tensors: dict[str, TensorInfo], top, layer, layer_prefix, summary: str,
+          mesh, seed: int, read=None):
+    """Builds `model_cls(cfg)` from `tensors` (canonical name → tensor info with `.name`, `.dtype`, `.shape`) by the
+    plan `top`/`layer`, placed by the rule table on `mesh`. `read(info) -> np.ndarray` fetches a tensor's values
+    (default: memory-mapped from its safetensors file); `path` only labels the errors."""
     graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(seed))))
     flat_abstract = list(nnx.to_flat_state(abstract_state))
     plan = _plan(flat_abstract, top, layer, layer_prefix, cfg.num_layers)
@@ -159,6 +162,7 @@ def _load(path: Path, model_cls, cfg, tensors: dict[str, TensorInfo], top, layer
     flat_shardings = dict(nnx.to_flat_state(state_shardings(abstract_state, mesh)))
     flat, bad = [], []
     with SafetensorsReader() as reader:
+        read = reader.array if read is None else read
         for p, var in flat_abstract:
             names, fn, stacked = plan[p]
             want = tuple(var.shape[1:]) if stacked else tuple(var.shape)
@@ -169,7 +173,7 @@ def _load(path: Path, model_cls, cfg, tensors: dict[str, TensorInfo], top, layer
                     bad.append(f"{info.name}: dtype {info.dtype} is not floating point")
                     ok = False
                     continue
-                a = fn(reader.array(info))
+                a = fn(read(info))
                 if tuple(a.shape) != want:
                     bad.append(f"{info.name}: {list(info.shape)} does not give {list(want)} ({'.'.join(map(str, p))})")
                     ok = False
