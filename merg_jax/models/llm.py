@@ -114,6 +114,7 @@ class Block(nnx.Module):
         return constrain(x, ("batch", "length", "act_embed")), cache_kv
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class LlmOutput:
     logits: Float[Array, "B L V"]
