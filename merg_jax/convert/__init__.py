@@ -1,9 +1,12 @@
-"""Hugging Face checkpoints (local safetensors directories) ⇄ merg_jax models: LLaMA ⇄ `Llm`, and the
-`CLIPVisionModel` / `ASTModel` towers → `VisionEncoder` / `AudioEncoder` (`load_hf_clip_vision`, `load_hf_ast`).
+"""Checkpoints ⇄ merg_jax models: Hugging Face LLaMA ⇄ `Llm`; the `CLIPVisionModel` / `ASTModel` towers →
+`VisionEncoder` / `AudioEncoder` (`load_hf_clip_vision`, `load_hf_ast`); ImageBind's vision and audio trunks →
+the same towers (`load_imagebind`).
 
 `load_hf_llama(path, mesh=..., dtype=..., **overrides) -> (model, config)` imports, sharded by the rule table
-and read slice by slice; `save_hf_llama(model, path)` exports (LoRA merged, atomic, optionally sharded). No torch,
-no pickle: only safetensors are read.
+and read slice by slice; `save_hf_llama(model, path)` exports (LoRA merged, atomic, optionally sharded). The
+Hugging Face importers read safetensors only (no torch, no pickle). `load_imagebind` also takes the released
+`imagebind_huge.pth`, read with `torch.load(weights_only=True)` (tensors only, no arbitrary code) when torch
+is installed; a safetensors copy of it needs no torch.
 """
 
 from merg_jax.convert.hf_encoders import load_hf_ast, load_hf_clip_vision
@@ -17,5 +20,5 @@ from merg_jax.convert.hf_llama import (
     save_hf_llama,
 )
 
-__all__ = ["checkpoint_tensors", "load_imagebind", "load_hf_ast", "load_hf_clip_vision", "llm_config_from_hf", "llm_config_to_hf", "load_hf_llama", "read_hf_config",
-           "save_hf_llama"]
+__all__ = ["checkpoint_tensors", "llm_config_from_hf", "llm_config_to_hf", "load_hf_ast", "load_hf_clip_vision",
+           "load_hf_llama", "load_imagebind", "read_hf_config", "save_hf_llama"]
