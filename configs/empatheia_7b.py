@@ -36,6 +36,23 @@ def get_config() -> ml_collections.ConfigDict:
         reply_video=ml_collections.ConfigDict(dict(fps=25.0, size=256, frames=200)),
         missing_media="skip", check_media="exists", shuffle=True, seed=0, num_epochs=0,
         workers=8, worker_buffer_size=2, read_threads=2, read_buffer=8, log_every_s=60.0, max_bad_in_a_row=1000))
+    # The Empatheia core (merg_jax/models/empatheia.py): ImageBind-huge's vision and audio towers (frozen; import
+    # them with merg_jax.convert.load_imagebind) — the fields of VisionConfig.imagebind_huge() and
+    # AudioConfig.imagebind_huge() — each clip's 1024-d embedding projected to one 4096-d token (the paper), r^t
+    # from the reply span, and the CS/SD at their default (paper-scale) shapes.
+    c.empatheia = ml_collections.ConfigDict(dict(
+        vision=dict(hidden_size=1280, intermediate_size=5120, num_layers=32, num_heads=16, image_size=224,
+                    patch_size=14, tubelet_size=2, layer_norm_eps=1e-6, hidden_act="gelu", projection_dim=1024,
+                    normalize_embedding=True, dtype="bfloat16"),
+        audio=dict(hidden_size=768, intermediate_size=3072, num_layers=12, num_heads=12, patch_size=16,
+                   num_mel_bins=128, max_length=204, frequency_stride=10, time_stride=10, patch_bias=False,
+                   patch_norm=True, num_special_tokens=1, attention_bias_kv=True, layer_norm_eps=1e-6,
+                   projection_dim=1024, normalize_embedding=True, embedding_scale=20.0, dtype="bfloat16"),
+        audio_windows=3,  # ImageBind embeds three 2-second windows per utterance and averages them
+        projection=dict(kind="linear", num_tokens=1),
+        features=dict(source="reply_span", reply_len=64, num_signal_tokens=4),
+        synchronizer=dict(dtype="bfloat16"),
+        disentangler=dict(dtype="bfloat16")))
     c.generate = ml_collections.ConfigDict(dict(
         prompt="Human: I failed my driving test today. ### Assistant:", max_new_tokens=128,
         temperature=0.0, top_k=0, top_p=1.0))

@@ -49,6 +49,24 @@ def get_config() -> ml_collections.ConfigDict:
         workers=0,                  # grain worker processes (0: decode in the main process)
         worker_buffer_size=2, read_threads=1, read_buffer=4,
         log_every_s=60.0, max_bad_in_a_row=1000))
+    # The Empatheia core (merg_jax/models/empatheia.py), sized to the data above: ImageBind-style towers in
+    # miniature (2-frame tubelets over 32x32 frames; 40 mels in 64-frame windows, 2 per clip), one token per clip,
+    # and the CS/SD with content/style shapes of the tiny generators.
+    c.empatheia = ml_collections.ConfigDict(dict(
+        vision=dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, image_size=32, patch_size=8,
+                    tubelet_size=2, layer_norm_eps=1e-6, hidden_act="gelu", projection_dim=64,
+                    normalize_embedding=True),
+        audio=dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, patch_size=16, num_mel_bins=40,
+                   max_length=64, frequency_stride=12, time_stride=12, patch_bias=False, patch_norm=True,
+                   num_special_tokens=1, attention_bias_kv=True, layer_norm_eps=1e-6, projection_dim=64,
+                   normalize_embedding=True, embedding_scale=20.0),
+        audio_windows=2,
+        projection=dict(kind="linear", num_tokens=1),  # kind="resampler", num_tokens=n with data.media_tokens=n
+        features=dict(source="reply_span", reply_len=48, num_signal_tokens=4),
+        synchronizer=dict(hidden_size=64, intermediate_size=128, num_heads=4, encoder_layers=1, decoder_layers=1,
+                          speech_content_dim=32, speech_content_len=64, video_content_dim=32, video_content_len=160),
+        disentangler=dict(hidden_size=64, intermediate_size=128, num_heads=4, encoder_layers=1, decoder_layers=1,
+                          speech_style_dim=32, video_style_dim=32)))
     c.generate = ml_collections.ConfigDict(dict(
         prompt="Human: I failed my driving test today. ### Assistant:", max_new_tokens=120,
         temperature=0.0, top_k=0, top_p=1.0))

@@ -12,13 +12,14 @@ COMMANDS = {
     "make-data": ("merg_jax.data.mini.cli", "generate AvaMERG-mini: dialogues, espeak-ng speech, avatar videos"),
     "inspect-data": ("merg_jax.data.inspect", "counts, label distributions, durations and problems of a dataset"),
     "train-tokenizer": ("merg_jax.data.tokenizer_cli", "train a byte-level BPE tokenizer on a training split"),
+    "describe-model": ("merg_jax.models.describe", "parameter counts of a config's Empatheia model, by group and stage"),
     "bench": ("merg_jax.bench", "benchmarks: ours and the peer side by side (`bench llm | attention | data`)"),
 }
 
 
 def usage() -> str:
     lines = ["usage: merg-jax COMMAND [args]  (merg-jax COMMAND --help for its flags)", "", "commands:"]
-    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<15} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 
