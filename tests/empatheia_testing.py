@@ -71,6 +71,8 @@ def tiny_batch(cfg: EmpatheiaConfig, *, batch: int = 2, length: int = 32, clips:
     video_len[0, -1] = 1
     return dict(
         tokens=tokens, segment_ids=segment, positions=positions, media_kind=kind, media_clip=clip,
+        clip_utterance=np.tile(np.arange(1, clips + 1, dtype=np.int32), (batch, 1)),
+        emotion7=rng.integers(0, 7, (batch,)).astype(np.int32),
         audio_mel=rng.normal(size=(batch, clips, a.max_length + 7, a.num_mel_bins)).astype(np.float32),
         audio_len=rng.integers(a.max_length // 2, a.max_length + 7, (batch, clips)).astype(np.int32),
         audio_mask=audio_present,

@@ -154,6 +154,36 @@ def test_media_reach_their_slots_and_absent_clips_keep_the_placeholder(model):
     np.testing.assert_allclose(np.linalg.norm(np.asarray(enc.pooled), axis=-1), 20.0, rtol=1e-5)
 
 
+def test_packed_rows_compute_what_each_turn_computes_alone(model):
+    """Two turns packed into one row (`data.packing.pack_rows`: segments, renumbered clips) give each turn the
+    hidden states it gets alone in a padded row."""
+    from merg_jax.data.packing import pack_rows
+
+    m = model
+    length, clips = 40, 4
+    samples = []
+    for seed, pad in ((3, 20), (4, 22)):
+        row = {k: v[0] for k, v in tiny_batch(m.cfg, batch=1, length=length, clips=2, seed=seed,
+                                              pad_last_row=pad).items()}
+        for k in ("clip_utterance", "audio_mel", "audio_len", "audio_mask", "video_frames", "video_len",
+                  "video_mask"):  # room for 4 clips per row, 2 used
+            widths = [(0, clips - 2)] + [(0, 0)] * (row[k].ndim - 1)
+            row[k] = np.pad(row[k], widths, constant_values=-1 if k == "clip_utterance" else 0)
+        samples.append(row)
+    pad_row = {k: np.full_like(v, -1 if k == "emotion7" else 0) for k, v in samples[0].items()}
+    packed, consumed = pack_rows(samples, 1, max_segments=2, pad_row=pad_row)
+    assert consumed == 2 and packed["emotion7"].tolist() == [[s["emotion7"] for s in samples]]
+    np.testing.assert_array_equal(packed["segment_ids"][0, :38], [1] * 20 + [2] * 18)
+    hidden = nnx.jit(lambda m, b: m.run_llm(b)[0].hidden)
+    got = np.asarray(hidden(m, _jnp(packed)))[0]
+    start = 0
+    for s in samples:
+        n = int(s["segment_ids"].sum())
+        alone = np.asarray(hidden(m, _jnp({k: v[None] for k, v in s.items()})))[0]
+        np.testing.assert_allclose(got[start:start + n], alone[:n], atol=2e-5)
+        start += n
+
+
 def test_signal_tokens_leave_the_text_untouched(signal_model):
     m = signal_model
     batch = _jnp(tiny_batch(m.cfg))
