@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
 
 from merg_jax.models.disentangler import DisentanglerConfig
 from merg_jax.models.empatheia import EmpatheiaConfig
 from merg_jax.models.encoders import AudioConfig, VisionConfig
-from merg_jax.models.hidden_features import HiddenFeatureConfig
+from merg_jax.models.hidden_features import HiddenFeatureConfig, HiddenFeatures
 from merg_jax.models.projectors import ProjectionConfig
 from merg_jax.models.synchronizer import SynchronizerConfig
 from tests.llm_testing import tiny_config
@@ -82,3 +83,22 @@ def tiny_batch(cfg: EmpatheiaConfig, *, batch: int = 2, length: int = 32, clips:
 
 def with_features(cfg: EmpatheiaConfig, **kw) -> EmpatheiaConfig:
     return dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, **kw))
+
+
+def random_features(llm_dim: int, b: int = 2, r: int = 6, k: int = 3, *, signal: bool = True, seed: int = 0,
+                    video_left_padded: bool = False) -> HiddenFeatures:
+    """Random r^t with per-row lengths (r, r // 2, ...); with `signal`, r^s and r^v with their own lengths (r^v
+    padded on the left when `video_left_padded`)."""
+    rng = np.random.default_rng(seed)
+
+    def x(n):
+        return jnp.asarray(rng.standard_normal((b, n, llm_dim)).astype(np.float32))
+
+    def lens(n):  # row i keeps max(n - i * (n // 2), 1) positions
+        return jnp.asarray(np.arange(n)[None, :] < np.maximum(n - np.arange(b)[:, None] * (n // 2), 1))
+
+    if not signal:
+        return HiddenFeatures(text=x(r), text_mask=lens(r))
+    video_mask = lens(k)[:, ::-1] if video_left_padded else lens(k)
+    return HiddenFeatures(text=x(r), text_mask=lens(r), speech=x(k), speech_mask=lens(k), video=x(k),
+                          video_mask=video_mask)

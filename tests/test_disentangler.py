@@ -24,6 +24,7 @@ from merg_jax.models.disentangler import (
 from merg_jax.models.feature_memory import FeatureMemory
 from merg_jax.models.hidden_features import HiddenFeatures
 from merg_jax.models.synchronizer import masked_mse
+from tests.empatheia_testing import random_features
 
 # One layer per stack keeps XLA:CPU compile times down (multi-layer stacks: test_transformer.py).
 CFG = DisentanglerConfig(llm_dim=24, hidden_size=16, intermediate_size=32, num_heads=4, encoder_layers=1,
@@ -31,19 +32,8 @@ CFG = DisentanglerConfig(llm_dim=24, hidden_size=16, intermediate_size=32, num_h
 TOL = 1e-5
 
 
-def features(b=2, r=6, k=3, *, signal=True, seed=0):
-    rng = np.random.default_rng(seed)
-
-    def x(n):
-        return jnp.asarray(rng.standard_normal((b, n, CFG.llm_dim)).astype(np.float32))
-
-    def lens(n):  # row i keeps max(n - i * (n // 2), 1) positions
-        return jnp.asarray(np.arange(n)[None, :] < np.maximum(n - np.arange(b)[:, None] * (n // 2), 1))
-
-    if not signal:
-        return HiddenFeatures(text=x(r), text_mask=lens(r))
-    return HiddenFeatures(text=x(r), text_mask=lens(r), speech=x(k), speech_mask=lens(k), video=x(k),
-                          video_mask=lens(k))
+def features(**kw):
+    return random_features(CFG.llm_dim, **kw)
 
 
 def pad(f: HiddenFeatures, n: int, seed=1) -> HiddenFeatures:

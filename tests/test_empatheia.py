@@ -12,7 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
-from merg_jax.models.empatheia import Empatheia, MediaTokens
+from merg_jax.models.empatheia import Empatheia
 from merg_jax.models.hidden_features import extract_features, gather_positions, reply_span_mask
 from merg_jax.models.multimodal_input import check_slots, splice_media
 from merg_jax.models.param_groups import GROUPS, STAGES, group_filter, group_labels, group_of, stage_filter
@@ -305,3 +305,30 @@ def test_paper_config_builds_abstractly_with_the_paper_counts(capsys):
     assert counts["encoders"] == vision + audio
     assert counts["synchronizer"] > 0 and counts["disentangler"] > 0 and counts["classifiers"] > 0
     assert "(frozen)" in table and "coe" in table
+
+
+def test_config_sections_from_a_config_file_and_a_tokenizer():
+    import ml_collections
+
+    from merg_jax.config import load_config
+    from merg_jax.data.tokenizer import RESPONSE as RESPONSE_TOKEN
+    from merg_jax.data.tokenizer import RESPONSE_END as RESPONSE_END_TOKEN
+    from merg_jax.data.tokenizer import train_bpe
+    from merg_jax.models.empatheia import EmpatheiaConfig
+
+    tok = train_bpe(["I failed my driving test today.", "That happens; you'll pass next time."] * 4,
+                    vocab_size=300)
+    cfg = EmpatheiaConfig.from_config(load_config("configs/tiny.py"), tok)
+    assert (cfg.features.response_id, cfg.features.response_end_id) == (
+        tok.special_ids[RESPONSE_TOKEN], tok.special_ids[RESPONSE_END_TOKEN])
+    assert cfg.synchronizer.llm_dim == cfg.disentangler.llm_dim == cfg.llm.hidden_size
+    assert cfg.vision.tubelet_size == 2 and cfg.audio.attention_bias_kv and cfg.audio_windows == 2
+    bad = load_config("configs/tiny.py").to_dict()
+    bad["empatheia"]["vision"]["patch"] = 3  # not a VisionConfig field
+    with pytest.raises(ValueError, match="config.empatheia.vision"):
+        EmpatheiaConfig.from_config(ml_collections.ConfigDict(bad))
+    with pytest.raises(ValueError, match="kind"):
+        EmpatheiaConfig.from_config(load_config("configs/tiny.py", ["config.empatheia.projection.kind=mlp"]))
+    no_audio = load_config("configs/tiny.py").to_dict()
+    no_audio["empatheia"]["audio"] = None
+    assert EmpatheiaConfig.from_config(ml_collections.ConfigDict(no_audio)).audio is None

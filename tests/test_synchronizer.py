@@ -14,6 +14,7 @@ from flax import nnx
 from merg_jax.models.hidden_features import HiddenFeatures
 from merg_jax.models.synchronizer import ContentOutput, ContentSynchronizer, SynchronizerConfig, length_loss, masked_mse
 from merg_jax.sharding import make_mesh, shard_model
+from tests.empatheia_testing import random_features
 
 # One layer per stack keeps XLA:CPU compile times down; multi-layer stacks are tested in test_transformer.py and
 # the layer counts' wiring below (test_defaults_and_layer_counts).
@@ -26,20 +27,8 @@ GOLD = (jnp.array([3, 5]), jnp.array([7, 2]))  # (speech, video) lengths
 # compiles few programs: compiling dominates this file's run time.
 
 
-def features(b=2, r=6, k=3, *, signal=True, seed=0):
-    """Random r^t with per-row lengths (r, r // 2, ...); with `signal`, r^s and r^v with their own lengths."""
-    rng = np.random.default_rng(seed)
-
-    def x(n):
-        return jnp.asarray(rng.standard_normal((b, n, CFG.llm_dim)).astype(np.float32))
-
-    def lens(n):  # row i keeps max(n - i * (n // 2), 1) positions
-        return jnp.asarray(np.arange(n)[None, :] < np.maximum(n - np.arange(b)[:, None] * (n // 2), 1))
-
-    if not signal:
-        return HiddenFeatures(text=x(r), text_mask=lens(r))
-    return HiddenFeatures(text=x(r), text_mask=lens(r), speech=x(k), speech_mask=lens(k), video=x(k),
-                          video_mask=lens(k)[:, ::-1])  # video padded on the left
+def features(**kw):
+    return random_features(CFG.llm_dim, video_left_padded=True, **kw)
 
 
 def pad(f: HiddenFeatures, n: int, *, left=False, seed=1) -> HiddenFeatures:
