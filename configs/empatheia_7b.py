@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
         root="data/avamerg", source="tfds", tfds_data_dir="", tfds_config="default",
         tokenizer="checkpoints/vicuna-7b-v0",  # the LLM's own HF tokenizer; the special tokens are added to it
         seq_len=0, batch_size=0,    # 0: train.seq_len / train.batch_size
-        max_clips=8, chain=True, media_tokens=True, system_prompt="",
+        max_clips=8, chain=True, media_tokens=True, pack_segments=0, system_prompt="",
         audio=ml_collections.ConfigDict(dict(sample_rate=16000, n_fft=400, hop=160, n_mels=128, frames=600)),
         video=ml_collections.ConfigDict(dict(fps=1.0, size=224, frames=8)),
         reply_audio=ml_collections.ConfigDict(dict(sample_rate=24000, n_fft=1200, hop=300, n_mels=80, frames=800)),

@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
         max_clips=6,                # history utterances with media per sample (C); older ones are dropped
         chain=True,                 # Chain-of-Empathy target (False: reply only, the "w/o CoE" ablation)
         media_tokens=True,          # <Aud> <Vid> per utterance; n: n of each (a resampler); False: text only
+        pack_segments=0,            # 0: one turn per row; n: pack up to n turns per row (text stage)
         system_prompt="",           # "" -> merg_jax.data.templates.SYSTEM_PROMPT
         audio=ml_collections.ConfigDict(dict(sample_rate=16000, n_fft=640, hop=320, n_mels=40, frames=320)),
         video=ml_collections.ConfigDict(dict(fps=2.0, size=32, frames=12)),

@@ -170,7 +170,8 @@ def test_packed_rows_compute_what_each_turn_computes_alone(model):
             widths = [(0, clips - 2)] + [(0, 0)] * (row[k].ndim - 1)
             row[k] = np.pad(row[k], widths, constant_values=-1 if k == "clip_utterance" else 0)
         samples.append(row)
-    pad_row = {k: np.full_like(v, -1 if k == "emotion7" else 0) for k, v in samples[0].items()}
+    pad_row = {k: np.full_like(v, -1 if k in ("emotion7", "media_clip", "clip_utterance") else 0)
+               for k, v in samples[0].items()}
     packed, consumed = pack_rows(samples, 1, max_segments=2, pad_row=pad_row)
     assert consumed == 2 and packed["emotion7"].tolist() == [[s["emotion7"] for s in samples]]
     np.testing.assert_array_equal(packed["segment_ids"][0, :38], [1] * 20 + [2] * 18)

@@ -27,7 +27,8 @@ def sample(n_tokens: int, n_clips: int, label: int) -> dict:
                 clip_utterance=utt, audio_mel=mel, emotion7=np.int32(label))
 
 
-PAD = dict(emotion7=np.int32(-1))
+PAD = {k: np.full_like(v, -1 if k in ("media_clip", "clip_utterance", "emotion7") else 0)
+       for k, v in sample(0, 0, 0).items()}
 
 
 def test_greedy_rows_segments_and_renumbered_clips():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -265,3 +266,44 @@ def test_bench_data_prints_both_rates_and_their_ratio(data, capsys):
     assert ratio == pytest.approx(rows[1][1] / rows[0][1], rel=0.02, abs=0.01)
     assert "seq_len 256" in out and "audio 8x40 mel" in out
     assert bench.main(["data", "--data", str(data["root"] / "nope")]) == 2
+
+
+def test_packed_batches_hold_every_turn_once_with_its_own_tokens(data):
+    """data.pack_segments: rows of several turns; each segment is the turn's unpacked row, every turn appears
+    once per pass, and a saved state resumes exactly (a turn waiting for the next batch is read again)."""
+    spec = dataclasses.replace(SPEC, seq_len=640, max_clips=6)  # room for 2-3 turns per row
+    plain = _epoch(_iterator(data, spec, num_epochs=1, drop_remainder=False, shuffle=False))
+    rows = {int(b["sample_index"][r]): {k: v[r] for k, v in b.items()}
+            for b in plain for r in range(len(b["sample_index"])) if b["sample_index"][r] >= 0}
+    packed = _epoch(_iterator(data, spec, num_epochs=1, drop_remainder=False, shuffle=False, pack_segments=3))
+    assert len(packed) < len(plain)
+    seen = []
+    for b in packed:
+        assert b["sample_index"].shape == (2, 3) and b["emotion7"].shape == (2, 3)
+        for r in range(2):
+            start = 0
+            for seg, idx in enumerate(b["sample_index"][r]):
+                if idx < 0:
+                    assert not np.any(b["segment_ids"][r] == seg + 1)
+                    continue
+                seen.append(int(idx))
+                one = rows[int(idx)]
+                n = int(one["segment_ids"].sum())
+                np.testing.assert_array_equal(b["segment_ids"][r, start:start + n], seg + 1)
+                for k in ("tokens", "targets", "loss_mask", "positions", "media_kind"):
+                    np.testing.assert_array_equal(b[k][r, start:start + n], one[k][:n], err_msg=k)
+                assert b["emotion7"][r, seg] == one["emotion7"]
+                start += n
+    assert sorted(seen) == sorted(rows)
+
+    kw = {"num_epochs": None, "pack_segments": 3}
+    with _iterator(data, spec, **kw) as it:
+        straight = [next(it) for _ in range(2)]
+        state = json.dumps(it.get_state())
+        straight += [next(it) for _ in range(2)]
+    with _iterator(data, spec, **kw) as it:
+        it.set_state(json.loads(state))
+        rest = [next(it) for _ in range(2)]
+    for a, b in zip(straight[2:], rest):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -36,51 +36,68 @@ def _sizes(sample: dict) -> tuple[int, int]:
     return tokens, clips
 
 
-def _empty_like(sample: dict, max_segments: int, pad_row: dict) -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in sample.items():
-        v = np.asarray(v)
-        if k in TOKEN_KEYS or k in CLIP_KEYS or k in _RENUMBERED:
-            out[k] = np.zeros_like(v) if k not in ("media_clip", "clip_utterance") else np.full_like(v, -1)
-        else:
-            out[k] = np.repeat(np.asarray(pad_row[k])[None], max_segments, axis=0)
-    return out
+def _per_token_or_clip(key: str) -> bool:
+    return key in TOKEN_KEYS or key in CLIP_KEYS or key in _RENUMBERED
+
+
+class RowPacker:
+    """Fills `num_rows` packed rows one sample at a time: `add(sample)` puts it in the current row, or opens the
+    next row when it does not fit, and returns False when no row is left (the sample stays out: keep it for the
+    next batch). `result()` is the batch. `pad_row`: one padding row of the spec (`FeatureSpec.empty(1)`
+    squeezed), the values of unused positions, clips and segment entries."""
+
+    def __init__(self, num_rows: int, *, max_segments: int, pad_row: dict):
+        if max_segments < 1 or num_rows < 1:
+            raise ValueError(f"packing: num_rows={num_rows} and max_segments={max_segments} must be >= 1")
+        self.num_rows, self.max_segments = num_rows, max_segments
+        row = {k: (np.array(v) if _per_token_or_clip(k) else np.repeat(np.asarray(v)[None], max_segments, axis=0))
+               for k, v in pad_row.items()}
+        self._rows = [{k: v.copy() for k, v in row.items()} for _ in range(num_rows)]
+        self._seq_len = len(row["tokens"])
+        self._max_clips = len(row["clip_utterance"]) if "clip_utterance" in row else 0
+        self._row = self._tokens = self._clips = self._segment = 0
+        self.count = 0  # samples added
+
+    def empty(self) -> bool:
+        return self.count == 0
+
+    def add(self, sample: dict) -> bool:
+        n, c = _sizes(sample)
+        if self._segment and (self._tokens + n > self._seq_len or self._clips + c > self._max_clips
+                              or self._segment == self.max_segments):
+            self._row, self._tokens, self._clips, self._segment = self._row + 1, 0, 0, 0
+        if self._row == self.num_rows:
+            return False
+        r, t, cl, seg = self._rows[self._row], self._tokens, self._clips, self._segment
+        for k in TOKEN_KEYS:
+            if k in r:
+                r[k][t:t + n] = sample[k][:n]
+        r["segment_ids"][t:t + n] = seg + 1
+        clip = np.asarray(sample["media_clip"][:n])
+        r["media_clip"][t:t + n] = np.where(clip >= 0, clip + cl, -1)
+        for k in CLIP_KEYS:
+            if k in r:
+                r[k][cl:cl + c] = sample[k][:c]
+        for k in r:
+            if not _per_token_or_clip(k):
+                r[k][seg] = sample[k]
+        self._tokens, self._clips, self._segment, self.count = t + n, cl + c, seg + 1, self.count + 1
+        return True
+
+    def result(self) -> dict[str, np.ndarray]:
+        return {k: np.stack([r[k] for r in self._rows]) for k in self._rows[0]}
 
 
 def pack_rows(samples: Sequence[dict], num_rows: int, *, max_segments: int, pad_row: dict
               ) -> tuple[dict[str, np.ndarray], int]:
-    """(a batch of `num_rows` packed rows, how many of `samples` it holds). `pad_row`: one padding row of the
-    spec (`FeatureSpec.empty(1)` squeezed), whose values fill unused segment entries."""
+    """(a batch of `num_rows` packed rows, how many of `samples` it holds, in order)."""
     if not samples:
         raise ValueError("pack_rows: no samples")
-    if max_segments < 1 or num_rows < 1:
-        raise ValueError(f"pack_rows: num_rows={num_rows} and max_segments={max_segments} must be >= 1")
-    seq_len = len(samples[0]["tokens"])
-    max_clips = len(samples[0]["clip_utterance"]) if "clip_utterance" in samples[0] else 0
-    rows = [_empty_like(samples[0], max_segments, pad_row) for _ in range(num_rows)]
-    row, used_tokens, used_clips, segment, consumed = 0, 0, 0, 0, 0
+    packer = RowPacker(num_rows, max_segments=max_segments, pad_row=pad_row)
     for sample in samples:
-        n, c = _sizes(sample)
-        if segment and (used_tokens + n > seq_len or used_clips + c > max_clips or segment == max_segments):
-            row, used_tokens, used_clips, segment = row + 1, 0, 0, 0
-        if row == num_rows:
+        if not packer.add(sample):
             break
-        r = rows[row]
-        for k in TOKEN_KEYS:
-            if k in sample:
-                r[k][used_tokens:used_tokens + n] = sample[k][:n]
-        r["segment_ids"][used_tokens:used_tokens + n] = segment + 1
-        clip = np.asarray(sample["media_clip"][:n])
-        r["media_clip"][used_tokens:used_tokens + n] = np.where(clip >= 0, clip + used_clips, -1)
-        for k in CLIP_KEYS:
-            if k in sample:
-                r[k][used_clips:used_clips + c] = sample[k][:c]
-        for k in r:
-            if k not in TOKEN_KEYS and k not in CLIP_KEYS and k not in _RENUMBERED:
-                r[k][segment] = sample[k]
-        used_tokens, used_clips, segment, consumed = used_tokens + n, used_clips + c, segment + 1, consumed + 1
-    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    return batch, consumed
+    return packer.result(), packer.count
 
 
-__all__ = ["CLIP_KEYS", "TOKEN_KEYS", "pack_rows"]
+__all__ = ["CLIP_KEYS", "TOKEN_KEYS", "RowPacker", "pack_rows"]

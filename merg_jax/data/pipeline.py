@@ -49,6 +49,12 @@ Batch (B = per-host batch size, L = seq_len, C = max_clips; shapes are static, f
 The audio/video/reply groups are present only when their frame count in the config is > 0 (`data.audio.frames`
 ...). A padding row (end of a finite pass with `drop_remainder=False`) has zero tokens and masks.
 
+Packing (`data.pack_segments = n > 0`, for the text stage): each row holds up to n turns one after another
+(`merg_jax.data.packing`): `segment_ids` 1..n per turn, `positions` restarting, `media_clip` renumbered into the
+row's C clips (so C bounds the clips of all its turns together), and every per-turn field (labels, reply media,
+`sample_index`) gains a segment axis: `emotion7 [B, n]`, `reply_mel [B, n, T_reply, n_mels]`, ...; -1 / zeros
+for unused segments. A turn that fits no row of a batch opens the next batch (and a saved state re-reads it).
+
 Resumption: `DataIterator.get_state()` holds grain's iterator state (JSON) and the counters; `set_state` on a new
 iterator built with the same config (same workers count) continues with exactly the batches the old one would
 have produced next.
@@ -126,10 +132,12 @@ class _PadRows:
 def make_dataset(source, tokenizer, spec: FeatureSpec, *, batch_size: int, root: str | None = None,
                  shuffle: bool = True, seed: int = 0, num_epochs: int | None = None, shard_index: int = 0,
                  shard_count: int = 1, workers: int = 0, worker_buffer_size: int = 2, read_threads: int = 1,
-                 read_buffer: int = 4, drop_remainder: bool = True, max_bad_in_a_row: int = 1000):
+                 read_buffer: int = 4, drop_remainder: bool = True, max_bad_in_a_row: int = 1000,
+                 pack_segments: int = 0):
     """The grain `IterDataset` of batches (each with the `_skipped` report still inside; `DataIterator` takes it
     out). `source`: random access records (`len`, `[i]`); `root`: the dataset dir that record media names are
-    relative to (None when the records carry their media bytes). num_epochs None: forever."""
+    relative to (None when the records carry their media bytes). num_epochs None: forever. pack_segments: 0
+    one turn per row; n packs up to n turns per row (`SkipBadBatchIterDataset`)."""
     import grain
 
     ensure_absl_flags()
@@ -152,7 +160,7 @@ def make_dataset(source, tokenizer, spec: FeatureSpec, *, batch_size: int, root:
     # Threads overlap file reads with decoding; ffmpeg decodes in its own subprocess, so threads help there too.
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_buffer))
     it = SkipBadBatchIterDataset(it, batch_size, drop_remainder=drop_remainder, pad_fn=_PadRows(spec),
-                                 max_bad_in_a_row=max_bad_in_a_row)
+                                 max_bad_in_a_row=max_bad_in_a_row, pack_segments=pack_segments)
     if workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                          per_worker_buffer_size=worker_buffer_size),
@@ -275,6 +283,7 @@ class PipelineSettings:
     check_media: str
     log_every_s: float
     max_bad_in_a_row: int
+    pack_segments: int = 0  # 0: one turn per row; n: up to n turns packed per row
 
     @classmethod
     def from_config(cls, config) -> PipelineSettings:
@@ -312,7 +321,8 @@ class PipelineSettings:
                    num_epochs=None if epochs <= 0 else epochs, workers=int(d.workers),
                    worker_buffer_size=int(d.worker_buffer_size), read_threads=int(d.read_threads),
                    read_buffer=int(d.read_buffer), check_media=str(d.check_media), log_every_s=float(d.log_every_s),
-                   max_bad_in_a_row=int(d.get("max_bad_in_a_row", 1000)))
+                   max_bad_in_a_row=int(d.get("max_bad_in_a_row", 1000)),
+                   pack_segments=int(d.get("pack_segments", 0) or 0))
 
 
 def raw_source(root: str | os.PathLike, split: str, *, check_media: str = "exists"):
@@ -365,7 +375,7 @@ def make_iterator(config, split: str, *, tokenizer=None, shard_index: int | None
                       workers=settings.workers if workers is None else workers,
                       worker_buffer_size=settings.worker_buffer_size, read_threads=settings.read_threads,
                       read_buffer=settings.read_buffer, drop_remainder=drop_remainder,
-                      max_bad_in_a_row=settings.max_bad_in_a_row)
+                      max_bad_in_a_row=settings.max_bad_in_a_row, pack_segments=settings.pack_segments)
     return DataIterator(ds, name=f"data/{split}", log_every_s=settings.log_every_s, on_progress=on_progress)
 
 
