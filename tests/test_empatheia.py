@@ -324,6 +324,8 @@ def test_config_sections_from_a_config_file_and_a_tokenizer():
         tok.special_ids[RESPONSE_TOKEN], tok.special_ids[RESPONSE_END_TOKEN])
     assert cfg.synchronizer.llm_dim == cfg.disentangler.llm_dim == cfg.llm.hidden_size
     assert cfg.vision.tubelet_size == 2 and cfg.audio.attention_bias_kv and cfg.audio_windows == 2
+    with pytest.raises(ValueError, match="resize_vocab"):
+        EmpatheiaConfig.from_config(load_config("configs/tiny.py", ["config.model.vocab_size=200"]), tok)
     bad = load_config("configs/tiny.py").to_dict()
     bad["empatheia"]["vision"]["patch"] = 3  # not a VisionConfig field
     with pytest.raises(ValueError, match="config.empatheia.vision"):

@@ -23,8 +23,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from merg_jax.models.disentangler import DisentanglerConfig, StyleClassifiers, StyleDisentangler, StyleLogits, StyleOutput
-from merg_jax.models.encoders import AudioConfig, AudioEncoder, VisionConfig, VisionEncoder, normalize_ast, normalize_clip
+from merg_jax.models.disentangler import (DisentanglerConfig, StyleClassifiers, StyleDisentangler, StyleLogits,
+                                         StyleOutput)
+from merg_jax.models.encoders import (AudioConfig, AudioEncoder, VisionConfig, VisionEncoder, fit_length, normalize_ast,
+                                      normalize_clip)
 from merg_jax.models.hidden_features import HiddenFeatureConfig, HiddenFeatures, SignalTokens, extract_features
 from merg_jax.models.llm import Llm, LlmOutput
 from merg_jax.models.llm_config import LlmConfig
@@ -79,6 +81,10 @@ class EmpatheiaConfig:
 
         features = build(HiddenFeatureConfig, "features", True)
         if tokenizer is not None:
+            if tokenizer.vocab_size > llm.vocab_size:
+                raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but config.model.vocab_size is "
+                                 f"{llm.vocab_size}: raise it (an imported checkpoint: merg_jax.models.vocab."
+                                 "resize_vocab adds the rows)")
             features = features.with_tokenizer(tokenizer)
         return cls(llm=llm, vision=build(VisionConfig, "vision"), audio=build(AudioConfig, "audio"),
                    projection=build(ProjectionConfig, "projection", True), features=features,
@@ -148,8 +154,10 @@ class Empatheia(nnx.Module):
     def encode_audio(self, mel: Float[Array, "B C T M"], lengths: Int[Array, "B C"]) -> Float[Array, "B C N D"]:
         """Each clip's log-mel (`features.log_mel`) → AST statistics → tower (`audio_windows` windows) → tokens."""
         b, c = mel.shape[:2]
-        enc = self.encoders.audio.encode_clips(normalize_ast(mel.reshape(b * c, *mel.shape[2:])),
-                                               lengths.reshape(b * c), num_windows=self.cfg.audio_windows)
+        # Pad short clips before normalising, as ImageBind pads its fbank: padding reads as log-mel 0.
+        mel = fit_length(mel.reshape(b * c, *mel.shape[2:]), max(mel.shape[2], self.cfg.audio.max_length))
+        enc = self.encoders.audio.encode_clips(normalize_ast(mel), lengths.reshape(b * c),
+                                               num_windows=self.cfg.audio_windows)
         out = self.projections.audio(enc)
         return out.reshape(b, c, *out.shape[1:])
 
