@@ -2,7 +2,8 @@
 
 Targets: `llm` (training step and decoding vs Hugging Face PyTorch LLaMA), `attention` (blockwise vs XLA and the
 naive reference on CPU; the Pallas GPU kernel vs cuDNN and XLA on a GPU), `data` (the grain pipeline's samples/s
-with 0 and N workers).
+with 0 and N workers), `encoders` (the CLIP vision and AST audio towers' inference and training step vs Hugging
+Face PyTorch `CLIPVisionModel` / `ASTModel`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from merg_jax.bench import attention, data, llm
+from merg_jax.bench import attention, data, encoders, llm
 
-TARGETS = {"llm": llm, "attention": attention, "data": data}
+TARGETS = {"llm": llm, "attention": attention, "data": data, "encoders": encoders}
 
 
 def _parser() -> argparse.ArgumentParser:
