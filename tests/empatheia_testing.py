@@ -102,3 +102,20 @@ def random_features(llm_dim: int, b: int = 2, r: int = 6, k: int = 3, *, signal:
     video_mask = lens(k)[:, ::-1] if video_left_padded else lens(k)
     return HiddenFeatures(text=x(r), text_mask=lens(r), speech=x(k), speech_mask=lens(k), video=x(k),
                           video_mask=video_mask)
+
+
+def pad_features(f: HiddenFeatures, n: int, *, left=(), seed: int = 1) -> HiddenFeatures:
+    """`f` with `n` positions of large random values (mask False) added to every source: appended, or prepended
+    for the sources named in `left`."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in ("text", "speech", "video"):
+        x, m = getattr(f, name), getattr(f, f"{name}_mask")
+        if x is None:
+            continue
+        junk = jnp.asarray(rng.standard_normal((x.shape[0], n, x.shape[2])).astype(np.float32) * 10)
+        no = jnp.zeros((x.shape[0], n), bool)
+        first = name in left
+        out[name] = jnp.concatenate([junk, x] if first else [x, junk], axis=1)
+        out[f"{name}_mask"] = jnp.concatenate([no, m] if first else [m, no], axis=1)
+    return HiddenFeatures(**out)

@@ -22,9 +22,8 @@ from merg_jax.models.disentangler import (
     classification_loss,
 )
 from merg_jax.models.feature_memory import FeatureMemory
-from merg_jax.models.hidden_features import HiddenFeatures
 from merg_jax.models.synchronizer import masked_mse
-from tests.empatheia_testing import random_features
+from tests.empatheia_testing import pad_features, random_features
 
 # One layer per stack keeps XLA:CPU compile times down (multi-layer stacks: test_transformer.py).
 CFG = DisentanglerConfig(llm_dim=24, hidden_size=16, intermediate_size=32, num_heads=4, encoder_layers=1,
@@ -36,20 +35,9 @@ def features(**kw):
     return random_features(CFG.llm_dim, **kw)
 
 
-def pad(f: HiddenFeatures, n: int, seed=1) -> HiddenFeatures:
-    """`f` with `n` random positions (mask False) appended to text and speech and prepended to video."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name in ("text", "speech", "video"):
-        x, m = getattr(f, name), getattr(f, f"{name}_mask")
-        if x is None:
-            continue
-        junk = jnp.asarray(rng.standard_normal((x.shape[0], n, x.shape[2])).astype(np.float32) * 10)
-        no = jnp.zeros((x.shape[0], n), bool)
-        left = name == "video"
-        out[name] = jnp.concatenate([junk, x] if left else [x, junk], axis=1)
-        out[f"{name}_mask"] = jnp.concatenate([no, m] if left else [m, no], axis=1)
-    return HiddenFeatures(**out)
+def pad(f, n):
+    """Random junk appended to text and speech and prepended to video (mask False)."""
+    return pad_features(f, n, left=("video",))
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,24 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from merg_jax.bench.encoders import randomize_torch_module
 from merg_jax.convert.hf_encoders import load_hf_ast, load_hf_clip_vision
 from merg_jax.convert.safetensors_io import TensorSpec, read_header, write_safetensors
-from merg_jax.models.encoders import (AST_MEAN, AST_STD, CLIP_MEAN, CLIP_STD, AudioConfig, AudioEncoder,
-                                      VisionConfig, VisionEncoder, fit_length, normalize_ast, normalize_clip,
-                                      sample_frame_indices, sample_frames)
+from merg_jax.models.encoders import (
+    AST_MEAN,
+    AST_STD,
+    CLIP_MEAN,
+    CLIP_STD,
+    AudioConfig,
+    AudioEncoder,
+    VisionConfig,
+    VisionEncoder,
+    fit_length,
+    normalize_ast,
+    normalize_clip,
+    sample_frame_indices,
+    sample_frames,
+)
 from merg_jax.sharding import make_mesh
 
 torch = pytest.importorskip("torch")
@@ -24,14 +37,6 @@ transformers = pytest.importorskip("transformers")
 
 TOL = 1e-4
 
-
-def _randomize(model, seed: int) -> None:
-    """HF initialises LayerNorms to 1/0 and some embeddings to 0: make every tensor random so a mix-up shows."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            offset = 1.0 if ("norm" in name and name.endswith("weight")) else 0.0
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2 + offset)
 
 
 def make_clip(path, *, hidden_act="quick_gelu", seed=0):
@@ -41,7 +46,7 @@ def make_clip(path, *, hidden_act="quick_gelu", seed=0):
                            image_size=32, patch_size=8, hidden_act=hidden_act)
     torch.manual_seed(seed)
     model = CLIPVisionModel(cfg).eval()
-    _randomize(model, seed)
+    randomize_torch_module(model, seed)
     model.save_pretrained(path)
     return model
 
@@ -53,7 +58,7 @@ def make_ast(path, seed=0):
                     max_length=32, patch_size=16, frequency_stride=4, time_stride=6)
     torch.manual_seed(seed)
     model = ASTModel(cfg).eval()
-    _randomize(model, seed)
+    randomize_torch_module(model, seed)
     model.save_pretrained(path)
     return model
 
@@ -133,7 +138,7 @@ def test_ast_more_frequency_patches(tmp_path):
                     num_mel_bins=24, max_length=40, patch_size=16, frequency_stride=4, time_stride=8)
     torch.manual_seed(1)
     hf = ASTModel(cfg).eval()
-    _randomize(hf, 1)
+    randomize_torch_module(hf, 1)
     hf.save_pretrained(tmp_path)
     model, ours = load_hf_ast(tmp_path)
     assert (ours.frequency_patches, ours.time_patches) == (3, 4)

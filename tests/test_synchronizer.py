@@ -14,7 +14,7 @@ from flax import nnx
 from merg_jax.models.hidden_features import HiddenFeatures
 from merg_jax.models.synchronizer import ContentOutput, ContentSynchronizer, SynchronizerConfig, length_loss, masked_mse
 from merg_jax.sharding import make_mesh, shard_model
-from tests.empatheia_testing import random_features
+from tests.empatheia_testing import pad_features, random_features
 
 # One layer per stack keeps XLA:CPU compile times down; multi-layer stacks are tested in test_transformer.py and
 # the layer counts' wiring below (test_defaults_and_layer_counts).
@@ -31,19 +31,8 @@ def features(**kw):
     return random_features(CFG.llm_dim, video_left_padded=True, **kw)
 
 
-def pad(f: HiddenFeatures, n: int, *, left=False, seed=1) -> HiddenFeatures:
-    """`f` with `n` extra positions of random values (mask False) appended (or prepended) to every source."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name in ("text", "speech", "video"):
-        x, m = getattr(f, name), getattr(f, f"{name}_mask")
-        if x is None:
-            continue
-        junk = jnp.asarray(rng.standard_normal((x.shape[0], n, x.shape[2])).astype(np.float32) * 10)
-        no = jnp.zeros((x.shape[0], n), bool)
-        out[name] = jnp.concatenate([junk, x] if left else [x, junk], axis=1)
-        out[f"{name}_mask"] = jnp.concatenate([no, m] if left else [m, no], axis=1)
-    return HiddenFeatures(**out)
+def pad(f, n, *, left=False):
+    return pad_features(f, n, left=("text", "speech", "video") if left else ())
 
 
 @pytest.fixture(scope="module")

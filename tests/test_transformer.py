@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from merg_jax.bench.encoders import randomize_torch_module
 from merg_jax.models.transformer import Attention, BlockConfig, Decoder, DecoderLayer, Encoder, EncoderLayer
 
 torch = pytest.importorskip("torch")
@@ -26,13 +27,8 @@ def _cfg(impl="xla", num_layers=1, scan=True):
 
 
 def _randomize(module, seed):
-    """Every tensor random (torch initialises LayerNorms to 1/0 and biases to 0, which would hide a mix-up)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.15 + offset)
-    return module.train()  # dropout is 0; train mode keeps torch off its fused inference fast path
+    # train mode (dropout is 0) keeps torch off its fused inference fast path
+    return randomize_torch_module(module, seed, scale=0.15).train()
 
 
 def _np(t):

@@ -62,15 +62,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
 # The peers
 
 
-def _randomize(model, seed: int) -> None:
-    """HF initialises LayerNorms to 1/0 and some embeddings to 0: make every tensor random so a mix-up shows."""
+def randomize_torch_module(model, seed: int, scale: float = 0.2):
+    """Every tensor of a torch module random (in place; returned): torch and HF initialise LayerNorms to 1/0 and
+    some biases and embeddings to 0, which would hide a mix-up of those tensors in a parity check. LayerNorm
+    weights stay around 1."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             offset = 1.0 if ("norm" in name and name.endswith("weight")) else 0.0
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2 + offset)
+            p.copy_(torch.randn(p.shape, generator=gen) * scale + offset)
+    return model
 
 
 def _peer_config(tower: str, args):
@@ -94,7 +97,7 @@ def _build_pair(tower: str, args, tmp: str):
 
     torch.manual_seed(args.seed)
     peer = (CLIPVisionModel if tower == "vision" else ASTModel)(_peer_config(tower, args))
-    _randomize(peer, args.seed)
+    randomize_torch_module(peer, args.seed)
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one small shard: its "Writing model shards" bar is noise in the report
     try:
