@@ -271,7 +271,8 @@ def test_bench_data_prints_both_rates_and_their_ratio(data, capsys):
 def test_packed_batches_hold_every_turn_once_with_its_own_tokens(data):
     """data.pack_segments: rows of several turns; each segment is the turn's unpacked row, every turn appears
     once per pass, and a saved state resumes exactly (a turn waiting for the next batch is read again)."""
-    spec = dataclasses.replace(SPEC, seq_len=640, max_clips=6)  # room for 2-3 turns per row
+    # Text only (the media copying is tested in test_packing.py and test_empatheia.py): decoding is the slow part.
+    spec = dataclasses.replace(TEXT_ONLY, seq_len=640, max_clips=6)  # room for 2-3 turns per row
     plain = _epoch(_iterator(data, spec, num_epochs=1, drop_remainder=False, shuffle=False))
     rows = {int(b["sample_index"][r]): {k: v[r] for k, v in b.items()}
             for b in plain for r in range(len(b["sample_index"])) if b["sample_index"][r] >= 0}
