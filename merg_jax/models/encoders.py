@@ -41,7 +41,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from merg_jax.models.layers import Dense, param
+from merg_jax.models.layers import Dense, masked_mean, param
 from merg_jax.models.transformer import Encoder, LayerNorm, check_block_config
 from merg_jax.sharding import constrain
 
@@ -227,15 +227,6 @@ class EmbeddingHead(nnx.Module):
         return x * self.scale if self.scale != 1.0 else x
 
 
-def masked_mean(x: Float[Array, "B T E"], mask=None) -> Float[Array, "B E"]:
-    """Mean over T (over the entries where `mask [B, T]` is true, when given; zeros where none is)."""
-    xf = x.astype(jnp.float32)
-    if mask is None:
-        return jnp.mean(xf, axis=1).astype(x.dtype)
-    w = jnp.asarray(mask, jnp.float32)[..., None]
-    return (jnp.sum(xf * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)).astype(x.dtype)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Vision
 
@@ -326,7 +317,8 @@ class VisionEncoder(nnx.Module):
         per_step = out.pooled.reshape(b, steps, -1)
         mask = None if frame_mask is None else jnp.asarray(frame_mask)[:, ::t_size]
         tokens = out.tokens.reshape(b, steps * out.tokens.shape[1], -1)
-        return EncoderOutput(tokens=tokens, pooled=masked_mean(per_step, mask), frame_pooled=per_step)
+        pooled = masked_mean(per_step, mask).astype(per_step.dtype)
+        return EncoderOutput(tokens=tokens, pooled=pooled, frame_pooled=per_step)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -425,4 +417,4 @@ class AudioEncoder(nnx.Module):
         out = self(windows.reshape(b * num_windows, cfg.max_length, cfg.num_mel_bins))
         per_window = out.pooled.reshape(b, num_windows, -1)
         return EncoderOutput(tokens=out.tokens.reshape(b, num_windows * out.tokens.shape[1], -1),
-                             pooled=masked_mean(per_window), frame_pooled=per_window)
+                             pooled=masked_mean(per_window).astype(per_window.dtype), frame_pooled=per_window)

@@ -85,12 +85,6 @@ def sinusoid(positions: Array, dim: int) -> Float[Array, "... dim"]:
     return jnp.stack([jnp.sin(angle), jnp.cos(angle)], axis=-1).reshape(*positions.shape, 2 * half)[..., :dim]
 
 
-def masked_mean(x: Float[Array, "B S D"], mask: Bool[Array, "B S"]) -> Float[Array, "B D"]:
-    """Mean of `x` over the positions where `mask` is True (float32); zeros for a row with none."""
-    w = mask.astype(jnp.float32)[..., None]
-    return jnp.sum(x.astype(jnp.float32) * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
-
-
 def _sources(features: HiddenFeatures, llm_dim: int):
     """[(type index, x [B, L, D], mask [B, L])] for each source present, after checking shapes."""
     if not isinstance(features, HiddenFeatures):
@@ -168,4 +162,4 @@ class QueryDecoder(nnx.Module):
         return self.norm(self.decoder(q, memory.astype(self.dtype), mask))
 
 
-__all__ = ["SOURCES", "FeatureMemory", "MemoryConfig", "QueryDecoder", "masked_mean", "sinusoid"]
+__all__ = ["SOURCES", "FeatureMemory", "MemoryConfig", "QueryDecoder", "sinusoid"]

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 Initializer = Callable[..., jax.Array]
 
@@ -106,3 +106,12 @@ class Embed(nnx.Module):
 
     def attend(self, x: Float[Array, "B L D"]) -> Float[Array, "B L V"]:
         return jnp.einsum("bld,vd->blv", x.astype(self.dtype), self.embedding[...].astype(self.dtype))
+
+
+def masked_mean(x: Float[Array, "B T D"], mask: Bool[Array, "B T"] | None = None) -> Float[Array, "B D"]:
+    """Mean over T in float32 (over the entries where `mask` is true, when given; zeros for a row with none)."""
+    xf = x.astype(jnp.float32)
+    if mask is None:
+        return jnp.mean(xf, axis=1)
+    w = jnp.asarray(mask, jnp.float32)[..., None]
+    return jnp.sum(xf * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)

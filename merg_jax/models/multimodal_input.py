@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 AUDIO, VIDEO = 1, 2
@@ -84,8 +85,6 @@ def splice_media(
 
 def check_slots(media_kind, media_clip, num_clips: int, tokens_per_clip: int) -> None:
     """Host-side check of a batch (numpy): every clip's slots of a kind number exactly `tokens_per_clip`."""
-    import numpy as np
-
     keys = np.asarray(slot_keys(jnp.asarray(media_kind), jnp.asarray(media_clip), num_clips))
     for row in range(keys.shape[0]):
         counts = np.bincount(keys[row][keys[row] >= 0], minlength=2 * num_clips)

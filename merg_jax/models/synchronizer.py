@@ -23,9 +23,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from merg_jax.models.feature_memory import FeatureMemory, MemoryConfig, QueryDecoder, _check_positive, masked_mean
+from merg_jax.models.feature_memory import FeatureMemory, MemoryConfig, QueryDecoder, _check_positive
 from merg_jax.models.hidden_features import HiddenFeatures
-from merg_jax.models.layers import Dense
+from merg_jax.models.layers import Dense, masked_mean
 
 MODALITIES = ("speech", "video")
 
