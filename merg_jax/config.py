@@ -35,6 +35,24 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collecti
     return config
 
 
+def split_overrides(rest: list[str]) -> list[str]:
+    """`--config.a.b=1` and `--config.a.b 1` → `["config.a.b=1"]`; anything else is an error."""
+    out, i = [], 0
+    while i < len(rest):
+        arg = rest[i]
+        if not arg.startswith("--config."):
+            raise ValueError(f"unrecognised argument {arg!r} (overrides look like --config.train.steps=10)")
+        if "=" in arg:
+            out.append(arg)
+            i += 1
+        elif i + 1 < len(rest):
+            out.append(f"{arg}={rest[i + 1]}")
+            i += 2
+        else:
+            raise ValueError(f"config override {arg!r} has no value")
+    return out
+
+
 def _parse_value(text: str):
     try:
         return ast.literal_eval(text)

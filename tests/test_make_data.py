@@ -19,7 +19,7 @@ from scipy import signal
 from scipy.stats import spearmanr
 
 from merg_jax.data import avamerg, labels
-from merg_jax.data.mini import cli, dialogues, speech, templates
+from merg_jax.data.mini import cli, dialogues, neutral_templates, speech, templates
 from merg_jax.data.mini.generate import SPLITS, Config, make_dataset, split_counts
 
 ESPEAK = speech.espeak_path() is not None
@@ -202,7 +202,9 @@ def test_dialogue_diversity_and_shape():
         assert [role for role, _ in d.utterances] == ["speaker", "listener"] * d.num_turns
         for text in [t for _, t in d.utterances] + [d.context, d.event_scenario, d.emotion_cause, *d.goals]:
             assert text[:1].isupper() and text[-1] in ".!?" and "{" not in text and "  " not in text, text
-        assert any(d.speaker.age in s.ages for s in templates.SITUATIONS[(d.topic, d.emotion)])
+        bank = neutral_templates.SITUATIONS[d.topic] if d.neutral_text else templates.SITUATIONS[(d.topic, d.emotion)]
+        assert any(d.speaker.age in s.ages for s in bank)
+    assert 0 < sum(d.neutral_text for d in corpus) < len(corpus)  # the default share mixes both kinds
 
 
 def test_every_template_renders_in_every_person():

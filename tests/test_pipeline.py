@@ -30,7 +30,7 @@ TEXT_ONLY = FeatureSpec(seq_len=256, max_clips=3)
 
 DOCUMENTED_KEYS = {  # merg_jax/data/pipeline.py's docstring
     "tokens", "targets", "loss_mask", "segment_ids", "positions", "media_clip", "media_kind", "clip_utterance",
-    "audio_mel", "audio_len", "audio_mask", "video_frames", "video_len", "video_mask", "reply_mel", "reply_mel_len",
+    "clip_emotion7", "audio_mel", "audio_len", "audio_mask", "video_frames", "video_len", "video_mask", "reply_mel", "reply_mel_len",
     "reply_audio_mask", "reply_frames", "reply_frames_len", "reply_video_mask", "emotion7", "emotion32", "age",
     "gender", "timbre", "avatar_id", "topic", "sample_index"}
 
@@ -246,7 +246,13 @@ def test_make_iterator_from_config(data, tmp_path):
     assert b["tokens"].shape == (2, 200) and b["audio_mel"].shape == (2, 6, 8, 40)
     assert b["video_frames"].shape == (2, 6, 2, 32, 32, 3) and "reply_frames" not in b
     assert calls and calls[-1]["batches"] == 1 and calls[-1]["samples"] == 2
-    assert set(b["sample_index"].tolist()) <= {1, 3, 5, 7}  # host 1 of 2
+    # Two hosts read the two halves of the global batches one host reads, for several batches (past an epoch).
+    def order(index, count):
+        with make_iterator(config, "train", shard_index=index, shard_count=count) as it:
+            return [next(it)["sample_index"].tolist() for _ in range(3)]
+
+    one, host0 = order(0, 1), order(0, 2)
+    assert [h0 + h1 for h0, h1 in zip(host0, [b["sample_index"].tolist()] + order(1, 2)[1:])] == one
     bad = load_config("configs/tiny.py", ["--config.data.batch_size=3", f"--config.data.root={data['root']}"])
     with pytest.raises(ValueError, match="not divisible"):
         make_iterator(bad, "train", tokenizer=data["tok"], shard_index=0, shard_count=2)
@@ -308,3 +314,33 @@ def test_packed_batches_hold_every_turn_once_with_its_own_tokens(data):
     for a, b in zip(straight[2:], rest):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_worker_ends_when_its_parent_is_killed():
+    """grain workers block on a full buffer; `_exit_with_parent` ends one whose parent died of SIGKILL."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = ("from merg_jax.data.pipeline import _exit_with_parent; import time; _exit_with_parent(0.1); "
+             "print('ready', flush=True); time.sleep(120)")
+    parent = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', sys.argv[1]], "
+              "stdout=subprocess.PIPE, text=True); p.stdout.readline(); print(p.pid, flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", parent, child], stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    def alive(pid):
+        try:
+            state = open(f"/proc/{pid}/status").read()
+        except FileNotFoundError:
+            return False
+        return "State:\tZ" not in state  # a zombie has exited; only its parent's reaping is missing
+
+    deadline = time.time() + 20
+    while alive(worker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not alive(worker)

@@ -142,6 +142,42 @@ def read_split(root: str | os.PathLike, split: str, *, audio_template: str = DEF
     return reader.read(progress=progress)
 
 
+DIALOGUE_MEDIA_TEMPLATES = {"audio": "dia{conversation_id}utt{n}.wav", "video": "dia{conversation_id}utt{n}.mp4"}
+
+
+def read_dialogue_file(path: str | os.PathLike, *, media_root: str | os.PathLike | None = None,
+                       audio_template: str = DIALOGUE_MEDIA_TEMPLATES["audio"],
+                       video_template: str = DIALOGUE_MEDIA_TEMPLATES["video"], strict_fields: bool = True,
+                       check_media: str = "exists") -> Split:
+    """Conversations to answer, from a JSON file in the AvaMERG schema: one conversation object or a list of them.
+    A turn's `response` may be absent (it is what the model writes). Media are looked up under `media_root`
+    (default: the file's folder) by the templates; missing ones are `Split.problems` of kind missing/empty (the
+    clip is then text only). With `strict_fields`, a malformed field raises `DataError` naming the file and the
+    field."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: dialogue file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the dialogue file: {e}") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON: {e}") from None
+    reader = _Reader(media_root if media_root is not None else path.parent, "respond", audio_template=audio_template,
+                     video_template=video_template, json_name=DEFAULT_JSON_NAME, strict=False,
+                     check_media=check_media, json_path=path, require_response=False)
+    conversations: list[Conversation] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(data if isinstance(data, list) else [data]):
+        conv = reader._conversation(i, raw, seen)
+        if conv is not None:
+            conversations.append(conv)
+    fields = [p for p in reader.problems if p.kind in ("field", "unsafe_path")]
+    if strict_fields and fields:
+        raise DataError(f"{fields[0].path}: {fields[0].message}")
+    return Split("respond", reader.root, tuple(conversations), tuple(reader.problems), path)
+
+
 def available_splits(root: str | os.PathLike, json_name: str = DEFAULT_JSON_NAME) -> list[str]:
     """The standard splits (train, valid, test) whose JSON file exists under `root`."""
     root = pathlib.Path(root)
@@ -164,7 +200,8 @@ class _Reader:
     """One read of one split; collects problems (or raises at the first one when strict)."""
 
     def __init__(self, root, split: str, *, audio_template: str, video_template: str, json_name: str,
-                 strict: bool, check_media: str):
+                 strict: bool, check_media: str, json_path: pathlib.Path | None = None,
+                 require_response: bool = True):
         if check_media not in CHECK_MEDIA:
             raise DataError(f"check_media={check_media!r}: expected one of {CHECK_MEDIA}")
         if not isinstance(split, str) or not split:
@@ -184,6 +221,10 @@ class _Reader:
         self.problems: list[Problem] = []
         self._media_cache: dict[tuple[str, str], pathlib.Path | None] = {}
         self._dir_cache: dict[str, str] = {}
+        self.require_response = require_response
+        if json_path is not None:  # a dialogue file given by the user: only the media must stay inside the root
+            self.json_path = pathlib.Path(json_path)
+            return
         rel = json_name.format(split=split, conversation_id="", n=0, turn_id="")
         json_path = self._contained(rel)
         if json_path is None:
@@ -242,13 +283,13 @@ class _Reader:
         if not isinstance(raw, dict):
             self._field(where, f"expected an object, got {_type(raw)}")
             return None
-        cid = _as_id(raw.get("conversation_id"))
+        cid = as_id(raw.get("conversation_id"))
         if cid is None:
             self._field(where, f"field 'conversation_id': expected a string or integer, "
                                f"got {_type(raw.get('conversation_id'))}")
             return None
         where = f"conversation {cid!r} (#{i})"
-        if not _is_name_component(cid):
+        if not is_name_component(cid):
             self._report(self.json_path, "unsafe_path",
                          f"{where}: conversation_id {cid!r} is not a plain file-name part (path separators, "
                          f"'..' or NUL) and could place media paths outside the dataset root {self.root}; "
@@ -282,7 +323,7 @@ class _Reader:
         if not isinstance(raw, dict):
             self._field(where, f"field '{at}': expected an object, got {_type(raw)}; turn skipped")
             return None
-        turn_id = _as_id(j if raw.get("turn_id") is None else raw["turn_id"])
+        turn_id = as_id(j if raw.get("turn_id") is None else raw["turn_id"])
         if turn_id is None:
             self._field(where, f"field '{at}.turn_id': expected a string or integer, got {_type(raw['turn_id'])}; "
                                f"turn skipped")
@@ -302,6 +343,8 @@ class _Reader:
         response_text = raw.get("response")
         if isinstance(response_text, dict):  # some dumps store the reply like a history entry
             response_text = response_text.get("utterance")
+        if response_text is None and not self.require_response:  # a turn to answer
+            response_text = ""
         if not isinstance(response_text, str):
             self._field(where, f"field '{at}.response': expected a string, got {_type(response_text)}; "
                                f"turn skipped")
@@ -441,11 +484,12 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _is_name_component(value: str) -> bool:
+def is_name_component(value: str) -> bool:
+    """Whether `value` can be one part of a file name: no path separator, NUL, '.' or '..'."""
     return bool(value) and value not in (".", "..") and not any(c in value for c in ("/", "\\", "\x00"))
 
 
-def _as_id(value: Any) -> str | None:
+def as_id(value: Any) -> str | None:
     """A conversation/turn id as str: strings as written (zero padding kept), integers in decimal."""
     if isinstance(value, str):
         return value

@@ -28,7 +28,8 @@ class FeatureConfig:
     Audio: `sample_rate` Hz, STFT window `n_fft` samples, `hop` samples between frames (sample_rate / hop
     frames per second; 100 by default), `n_mels` mel bands over [fmin, fmax] (fmax None: Nyquist), spectrum
     power `power` (2: power, 1: magnitude), natural log of max(mel, log_floor).
-    Video: `target_fps` frames per second, `size` x `size` pixels.
+    Video: `target_fps` frames per second, `size` x `size` pixels, of the central square whose side is `crop` of
+    the frame's shorter side (1: the whole square; less zooms in on a centred face).
     """
 
     sample_rate: int = 16000
@@ -41,6 +42,7 @@ class FeatureConfig:
     log_floor: float = 1e-5
     target_fps: float = 25.0
     size: int = 96
+    crop: float = 1.0
 
     def log_mel(self, wave: np.ndarray, sr: int) -> np.ndarray:
         """`log_mel` with this config's settings: float32 [frames, n_mels]."""
@@ -49,7 +51,7 @@ class FeatureConfig:
 
     def video_frames(self, frames: np.ndarray, fps: float) -> np.ndarray:
         """`video_frames` with this config's settings: uint8 [T', size, size, 3]."""
-        return video_frames(frames, fps, target_fps=self.target_fps, size=self.size)
+        return video_frames(frames, fps, target_fps=self.target_fps, size=self.size, crop=self.crop)
 
     @property
     def mel_frames_per_second(self) -> float:
@@ -189,13 +191,15 @@ def frame_indices(num_frames: int, fps: float, target_fps: float) -> np.ndarray:
     return np.minimum(idx, num_frames - 1)
 
 
-def center_crop_resize(frame: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [H, W, 3] -> [size, size, 3]: the central min(H, W) square, resized with an antialiased bilinear
-    (triangle) filter — no ringing/overshoot on sharp edges, unlike bicubic."""
+def center_crop_resize(frame: np.ndarray, size: int, crop: float = 1.0) -> np.ndarray:
+    """uint8 [H, W, 3] -> [size, size, 3]: the central square of side crop·min(H, W), resized with an antialiased
+    bilinear (triangle) filter — no ringing/overshoot on sharp edges, unlike bicubic."""
     from PIL import Image
 
+    if not 0.0 < crop <= 1.0:
+        raise ValueError(f"crop={crop}: expected a fraction in (0, 1]")
     h, w = frame.shape[:2]
-    side = min(h, w)
+    side = max(1, int(round(min(h, w) * crop)))
     top, left = (h - side) // 2, (w - side) // 2
     square = frame[top:top + side, left:left + side]
     if side == size:
@@ -204,10 +208,12 @@ def center_crop_resize(frame: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
 
 
-def video_frames(frames: np.ndarray, fps: float, *, target_fps: float = 25.0, size: int = 96) -> np.ndarray:
+def video_frames(frames: np.ndarray, fps: float, *, target_fps: float = 25.0, size: int = 96,
+                 crop: float = 1.0) -> np.ndarray:
     """uint8 RGB frames [T, H, W, 3] at `fps` -> uint8 [T', size, size, 3] at `target_fps`.
 
-    Time: nearest-neighbour by timestamp (`frame_indices`). Space: centre square crop, then resize to `size`.
+    Time: nearest-neighbour by timestamp (`frame_indices`). Space: centre square crop (`crop` of the shorter
+    side), then resize to `size`.
     Grayscale [T, H, W] or RGBA [T, H, W, 4] input is converted to RGB.
     """
     frames = np.asarray(frames)
@@ -220,5 +226,5 @@ def video_frames(frames: np.ndarray, fps: float, *, target_fps: float = 25.0, si
     idx = frame_indices(frames.shape[0], float(fps), float(target_fps))
     out = np.empty((idx.shape[0], size, size, 3), np.uint8)
     for k, i in enumerate(idx):
-        out[k] = center_crop_resize(frames[i, ..., :3], size)
+        out[k] = center_crop_resize(frames[i, ..., :3], size, crop)
     return out

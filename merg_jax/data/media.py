@@ -17,10 +17,15 @@ from __future__ import annotations
 import os
 import pathlib
 import struct
+import warnings
 
 import numpy as np
 
 from merg_jax.data.avamerg import DataError
+
+# ffmpeg runs as a subprocess (fork + exec): the child execs at once and runs no Python, so the threads of JAX in
+# the parent are not at risk, and Python's warning about forking a multi-threaded process does not apply here.
+warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
 # Containers soundfile (libsndfile) reads; anything else is treated as video.
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".aiff", ".aif", ".au", ".w64", ".rf64"})

@@ -9,7 +9,7 @@ starts. In a packed row:
     segment_ids                                      [L]  1, 2, ... per sample, 0 on padding
     media_clip                                       [L]  renumbered: sample k's clip c is the row's clip
                                                           (clips of samples before it) + c
-    clip_utterance audio_* video_*                   [C, ...]  the samples' clips one after another
+    clip_utterance clip_emotion7 audio_* video_*     [C, ...]  the samples' clips one after another
     every per-sample field (labels, reply media, sample_index)  [S, ...]  one entry per segment (padding: the
                                                           pipeline's padding values)
 
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 TOKEN_KEYS = ("tokens", "targets", "loss_mask", "positions", "media_kind")
-CLIP_KEYS = ("clip_utterance", "audio_mel", "audio_len", "audio_mask", "video_frames", "video_len", "video_mask")
+CLIP_KEYS = ("clip_utterance", "clip_emotion7", "audio_mel", "audio_len", "audio_mask", "video_frames", "video_len", "video_mask")
 _RENUMBERED = ("segment_ids", "media_clip")
 
 

@@ -9,9 +9,13 @@ Stages (grain `MapDataset` / `IterDataset`):
 
     source      records (`pipeline_records`), from the raw dataset (`avamerg.read_split`, media files on disk) or
                 from array_record files prepared by the tfds builder (`tfds_avamerg`, media bytes inside)
-    shard       `ds[shard_index::shard_count]`: host i of n takes every n-th turn (jax.process_index/count by
-                default); the hosts' shards are disjoint and cover the split
-    shuffle     seeded global shuffle of the host's shard, a different permutation each epoch; then repeat
+    shuffle     seeded global shuffle of the split (the same on every host), a different permutation each epoch;
+                then repeat
+    host slice  the global batch order cut into per-host rows (`HostSlice`): host i of n (jax.process_index/count
+                by default) reads, of each global batch of B samples, the rows [i*B/n, (i+1)*B/n) — exactly the
+                rows its devices hold when the batch is split over the mesh. The hosts' slices are disjoint and
+                cover the split, and n hosts train on the very batches one host would (until a bad sample is
+                skipped: each host skips its own)
     decode      per sample, in worker processes if `workers > 0`: wav -> log-mel, mp4 -> frames for each history
                 clip and the gold reply (`merg_jax.data.features`), the turn -> tokens (`templates`), labels
     batch       `batch_size` good samples per batch; a sample whose media cannot be decoded is skipped, counted
@@ -30,6 +34,8 @@ Batch (B = per-host batch size, L = seq_len, C = max_clips; shapes are static, f
     media_kind      int32 [B, L]   1 at `<Aud>`, 2 at `<Vid>`, 0 elsewhere
     clip_utterance  int32 [B, C]   utterance number n (from 1) of clip c; -1 for unused clips. Clips are the
                                    history utterances kept in the prompt, oldest first
+    clip_emotion7   int32 [B, C]   the emotion a clip shows: the turn's CoE emotion (7 classes) on the speaker's
+                                   clips, -1 on the listener's (not annotated) and unused clips
     audio_mel       f32 [B, C, T_mel, n_mels]  log-mel of each clip's speech (`features.log_mel`), zero-padded/cut
     audio_len       int32 [B, C]   valid mel frames of each clip (<= T_mel)
     audio_mask      bool [B, C]    clip has audio
@@ -54,6 +60,12 @@ Packing (`data.pack_segments = n > 0`, for the text stage): each row holds up to
 row's C clips (so C bounds the clips of all its turns together), and every per-turn field (labels, reply media,
 `sample_index`) gains a segment axis: `emotion7 [B, n]`, `reply_mel [B, n, T_reply, n_mels]`, ...; -1 / zeros
 for unused segments. A turn that fits no row of a batch opens the next batch (and a saved state re-reads it).
+
+Prompt-only batches (`make_iterator(..., prompt_only=True)`, for evaluation and `respond`): `tokens` hold each
+turn's prompt as inference feeds it (`templates.encode_prompt`), `targets` and `loss_mask` are zero.
+
+Decoded features are cached (`data.feature_cache_mb` in memory, `data.feature_cache_dir` on disk, shared by the
+workers and by later runs: `merg_jax.data.feature_cache`), so each media file is decoded once.
 
 Resumption: `DataIterator.get_state()` holds grain's iterator state (JSON) and the counters; `set_state` on a new
 iterator built with the same config (same workers count) continues with exactly the batches the old one would
@@ -97,6 +109,72 @@ def ensure_absl_flags() -> None:
 
 def _worker_init(worker_index: int, worker_count: int) -> None:
     ensure_absl_flags()
+    _single_threaded_blas()  # a worker decodes with threads and ffmpeg subprocesses: see _single_threaded_blas
+    _exit_with_parent()
+
+
+def _exit_with_parent(interval_s: float = 1.0) -> None:
+    """A grain worker waits for its parent to take a batch; a parent killed with SIGKILL never will, and never asks
+    it to stop. So the worker watches its parent and ends itself when the parent is gone (it is re-parented)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="merg-exit-with-parent", daemon=True).start()
+
+
+# ------------------------------------------------------------------------------------------------ host slice
+
+
+def _host_slice_class():
+    from grain._src.python.dataset import dataset
+
+    class _HostSlice(dataset.MapDataset):
+        def __init__(self, parent, *, global_batch: int, host_batch: int, host: int):
+            super().__init__(parent)
+            if host_batch < 1 or global_batch % host_batch or not 0 <= host < global_batch // host_batch:
+                raise ValueError(f"HostSlice: host {host} with {host_batch} of {global_batch} rows per batch")
+            self._B, self._b, self._host = global_batch, host_batch, host
+            full, rem = divmod(len(parent), global_batch)
+            self._length = full * host_batch + min(max(rem - host * host_batch, 0), host_batch)
+
+        def __len__(self) -> int:
+            return self._length
+
+        def _parent_index(self, j: int) -> int:
+            return (j // self._b) * self._B + self._host * self._b + j % self._b
+
+        def __getitem__(self, index):
+            if isinstance(index, slice):
+                return self.slice(index)
+            return self._parent[self._parent_index(index)]
+
+        def _getitems(self, indices):
+            return self._parent._getitems([self._parent_index(j) for j in indices])
+
+        def __str__(self) -> str:
+            return f"HostSlice(host={self._host}, {self._b} of {self._B} rows per batch)"
+
+    return _HostSlice
+
+
+_HOST_SLICE = None
+
+
+def HostSlice(parent, *, global_batch: int, host_batch: int, host: int):  # noqa: N802 - a dataset, by its role
+    """Host `host`'s rows of each global batch of a grain `MapDataset`: element j is the parent's element
+    `(j // b) * B + host * b + j % b` (B = global_batch, b = host_batch). The class is made on first use, so grain
+    is imported only with the pipeline."""
+    global _HOST_SLICE
+    if _HOST_SLICE is None:
+        _HOST_SLICE = _host_slice_class()
+    return _HOST_SLICE(parent, global_batch=global_batch, host_batch=host_batch, host=host)
 
 
 # ------------------------------------------------------------------------------------------------ per sample
@@ -148,14 +226,16 @@ def make_dataset(source, tokenizer, spec: FeatureSpec, *, batch_size: int, root:
     # A system prompt too long for seq_len is a config error: say so now, not from inside a worker.
     encode_prompt(tokenizer, [], max_len=spec.seq_len, max_clips=spec.max_clips, media_tokens=spec.media_tokens,
                   system_prompt=spec.system_prompt)
+    if read_threads > 1:
+        _single_threaded_blas()
     ds = grain.MapDataset.source(source)
-    ds = ds[shard_index::shard_count]
-    if len(ds) == 0:
-        raise ValueError(f"host shard {shard_index} of {shard_count} is empty: the split has only {len(source)} "
-                         f"samples")
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
+    ds = HostSlice(ds, global_batch=batch_size * shard_count, host_batch=batch_size, host=shard_index)
+    if len(ds) == 0:
+        raise ValueError(f"host {shard_index} of {shard_count} gets no sample: the split has only {len(source)} "
+                         f"samples for a global batch of {batch_size * shard_count}")
     ds = ds.map(SampleTransform(tokenizer, spec, root))
     # Threads overlap file reads with decoding; ffmpeg decodes in its own subprocess, so threads help there too.
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_buffer))
@@ -166,6 +246,15 @@ def make_dataset(source, tokenizer, spec: FeatureSpec, *, batch_size: int, root:
                                                          per_worker_buffer_size=worker_buffer_size),
                             worker_init_fn=_worker_init)
     return it
+
+
+def _single_threaded_blas() -> None:
+    """OpenBLAS's fork handler deadlocks when one thread forks (ffmpeg decoding an mp4) while another is inside a
+    multi-threaded BLAS call (the mel filterbank product): with several read threads, BLAS runs single-threaded
+    (its products here are small; the threads give the parallelism)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
 
 
 # ------------------------------------------------------------------------------------------------ iterator
@@ -300,7 +389,8 @@ class PipelineSettings:
                                  n_mels=int(g.n_mels)), int(g.frames)
 
         def vid(g) -> tuple[FeatureConfig, int]:
-            return FeatureConfig(target_fps=float(g.fps), size=int(g.size)), int(g.frames)
+            return (FeatureConfig(target_fps=float(g.fps), size=int(g.size), crop=float(g.get("crop", 1.0))),
+                    int(g.frames))
 
         audio, audio_frames = mel(d.audio)
         video, video_frames = vid(d.video)
@@ -311,7 +401,9 @@ class PipelineSettings:
                            reply_audio_frames=reply_audio_frames, reply_video=reply_video,
                            reply_video_frames=reply_video_frames, chain=bool(d.chain),
                            media_tokens=media_slots(d.media_tokens), system_prompt=d.get("system_prompt") or SYSTEM_PROMPT,
-                           missing_media=str(d.missing_media))
+                           missing_media=str(d.missing_media),
+                           feature_cache_mb=float(d.get("feature_cache_mb", 0) or 0),
+                           feature_cache_dir=str(d.get("feature_cache_dir", "") or ""))
         if d.source not in ("raw", "tfds"):
             raise ValueError(f"data.source={d.source!r}: expected 'raw' or 'tfds'")
         epochs = int(d.num_epochs)
@@ -347,13 +439,16 @@ def load_source(settings: PipelineSettings, split: str):
 def make_iterator(config, split: str, *, tokenizer=None, shard_index: int | None = None,
                   shard_count: int | None = None, shuffle: bool | None = None, num_epochs: int | None | str = "config",
                   drop_remainder: bool = True, workers: int | None = None,
-                  on_progress: Callable[[dict], None] | None = None) -> DataIterator:
+                  on_progress: Callable[[dict], None] | None = None, **spec_overrides) -> DataIterator:
     """The `DataIterator` for `split` of the dataset the config's `data` section names.
 
     The per-host batch is the global `data.batch_size` (or `train.batch_size`) divided by the shard count (the
     JAX process count unless given). For evaluation pass shuffle=False, num_epochs=1, drop_remainder=False.
+    `spec_overrides`: `FeatureSpec` fields to change (prompt_only=True, missing_media="mask": batches to answer).
     """
     settings = PipelineSettings.from_config(config)
+    if spec_overrides:
+        settings = dataclasses.replace(settings, spec=dataclasses.replace(settings.spec, **spec_overrides))
     if shard_index is None or shard_count is None:
         import jax
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from merg_jax.data import labels
 from merg_jax.data.features import FeatureConfig
-from merg_jax.data.templates import SYSTEM_PROMPT, encode_example
+from merg_jax.data.templates import SYSTEM_PROMPT, encode_example, encode_prompt
 
 
 class BadSample(Exception):
@@ -43,6 +43,10 @@ class FeatureSpec:
     (True/1, n, or False/0: `templates.media_slots`).
     missing_media: "skip" (a sample missing a wanted media file is skipped and counted) or "mask" (that clip is
     zero with mask False).
+    prompt_only: tokens hold the prompt alone (`templates.encode_prompt`, what inference feeds the model), targets
+    and loss_mask are zero: evaluation and `respond` batches.
+    feature_cache_mb: bound of the process's in-memory cache of decoded features (`feature_cache`; 0: none);
+    feature_cache_dir: a folder that caches them on disk, shared by processes and runs ("": none).
     """
 
     seq_len: int
@@ -59,6 +63,9 @@ class FeatureSpec:
     media_tokens: int | bool = True
     system_prompt: str = SYSTEM_PROMPT
     missing_media: str = "skip"
+    prompt_only: bool = False
+    feature_cache_mb: float = 0.0
+    feature_cache_dir: str = ""
 
     def __post_init__(self):
         if self.missing_media not in ("skip", "mask"):
@@ -77,6 +84,7 @@ class FeatureSpec:
         out = {k: ((B, L), i32) for k in ("tokens", "targets", "loss_mask", "segment_ids", "positions",
                                            "media_clip", "media_kind")}
         out["clip_utterance"] = ((B, C), i32)
+        out["clip_emotion7"] = ((B, C), i32)
         if self.audio_frames:
             out["audio_mel"] = ((B, C, self.audio_frames, self.audio.n_mels), f32)
             out["audio_len"] = ((B, C), i32)
@@ -102,7 +110,7 @@ class FeatureSpec:
     def empty(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch of padding rows: zeros, with -1 for the labels, clip indices and sample_index."""
         out = {k: np.zeros(shape, dtype) for k, (shape, dtype) in self.shapes(batch_size).items()}
-        for k in ("media_clip", "clip_utterance", "emotion7", "emotion32", "age", "gender", "timbre", "avatar_id",
+        for k in ("media_clip", "clip_utterance", "clip_emotion7", "emotion7", "emotion32", "age", "gender", "timbre", "avatar_id",
                   "topic", "sample_index"):
             out[k][...] = -1
         return out
@@ -144,24 +152,40 @@ def _fit(x: np.ndarray, n: int) -> tuple[np.ndarray, int]:
     return out, t
 
 
+def _cached(kind: str, name: str, record: dict, root: str | None, config: FeatureConfig, frames: int, compute):
+    """`compute()` through the process's feature cache when the media is a file on disk (records carrying their
+    media bytes are decoded every time: their names need not be unique across datasets)."""
+    from merg_jax.data.feature_cache import feature_cache, file_key
+
+    cache = feature_cache()
+    blobs = record.get("media")
+    key = None if (blobs is not None and name in blobs) or root is None else file_key(os.path.join(root, name))
+    if key is None or not cache.enabled:
+        return compute()
+    return cache.get_or_compute((kind, key, config, frames), compute)
+
+
+def _features(kind: str, name: str, record: dict, root: str | None, config: FeatureConfig, frames: int, extract):
+    """(`extract(decoded, rate)` cut or padded to `frames` rows, valid rows), through the feature cache."""
+
+    def compute():
+        data, rate = _decode(kind, name, record, root)
+        try:
+            return _fit(extract(data, rate), frames)
+        except ValueError as e:
+            raise BadSample(name, f"{kind}: {e}") from None
+
+    return _cached(kind, name, record, root, config, frames, compute)
+
+
 def audio_features(name: str, record: dict, root: str | None, config: FeatureConfig, frames: int):
     """(log-mel [frames, n_mels] float32, valid frames)."""
-    wave, sr = _decode("audio", name, record, root)
-    try:
-        mel = config.log_mel(wave, sr)
-    except ValueError as e:
-        raise BadSample(name, f"audio: {e}") from None
-    return _fit(mel, frames)
+    return _features("audio", name, record, root, config, frames, config.log_mel)
 
 
 def video_features(name: str, record: dict, root: str | None, config: FeatureConfig, frames: int):
     """(frames [frames, size, size, 3] uint8, valid frames)."""
-    video, fps = _decode("video", name, record, root)
-    try:
-        clip = config.video_frames(video, fps)
-    except ValueError as e:
-        raise BadSample(name, f"video: {e}") from None
-    return _fit(clip, frames)
+    return _features("video", name, record, root, config, frames, config.video_frames)
 
 
 # ------------------------------------------------------------------------------------------------ labels
@@ -202,24 +226,45 @@ def _media_of(u: dict, key: str, spec: FeatureSpec, record: dict):
 
 
 def make_example(record: dict, tokenizer, spec: FeatureSpec, root: str | None) -> dict[str, np.ndarray]:
-    """The arrays of one batch row for `record` (see `FeatureSpec.shapes`, without B). Raises BadSample."""
+    """The arrays of one batch row for `record` (see `FeatureSpec.shapes`, without B). Raises BadSample.
+
+    With `spec.prompt_only` the row holds the prompt alone (the last prompt token at position n - 1) and
+    `record["response"]` may lack its text (a dialogue to answer)."""
     L, C = spec.seq_len, spec.max_clips
-    enc = encode_example(tokenizer, record["history"], record["response"]["text"], record.get("coe"),
-                         max_len=L, max_clips=C, chain=spec.chain, media_tokens=spec.media_tokens,
-                         system_prompt=spec.system_prompt)
+    if spec.feature_cache_mb or spec.feature_cache_dir:
+        from merg_jax.data.feature_cache import feature_cache
+
+        feature_cache(spec.feature_cache_mb, spec.feature_cache_dir or None)
+    if spec.prompt_only:
+        # At most L tokens, all of them inputs: nothing follows the prompt, so there is no shift by one.
+        enc = encode_prompt(tokenizer, record["history"], max_len=L - 1, max_clips=C, media_tokens=spec.media_tokens,
+                            system_prompt=spec.system_prompt)
+    else:
+        enc = encode_example(tokenizer, record["history"], record["response"]["text"], record.get("coe"),
+                             max_len=L, max_clips=C, chain=spec.chain, media_tokens=spec.media_tokens,
+                             system_prompt=spec.system_prompt)
     out = {k: v[0, ...] for k, v in spec.empty(1).items()}  # 0-d views for the per-row scalars
-    n = len(enc.tokens) - 1
-    out["tokens"][:n] = enc.tokens[:-1]
-    out["targets"][:n] = enc.tokens[1:]
-    out["loss_mask"][:n] = enc.loss_mask[1:]
+    if spec.prompt_only:
+        n = len(enc.tokens)
+        out["tokens"][:n] = enc.tokens
+        out["media_clip"][:n] = enc.media_clip
+        out["media_kind"][:n] = enc.media_kind
+    else:
+        n = len(enc.tokens) - 1
+        out["tokens"][:n] = enc.tokens[:-1]
+        out["targets"][:n] = enc.tokens[1:]
+        out["loss_mask"][:n] = enc.loss_mask[1:]
+        out["media_clip"][:n] = enc.media_clip[:-1]
+        out["media_kind"][:n] = enc.media_kind[:-1]
     out["segment_ids"][:n] = 1
     out["positions"][:n] = np.arange(n, dtype=np.int32)
-    out["media_clip"][:n] = enc.media_clip[:-1]
-    out["media_kind"][:n] = enc.media_kind[:-1]
     history = record["history"]
+    ids = label_ids(record)
     for c, h in enumerate(enc.clip_history_index):
         u = history[h]
         out["clip_utterance"][c] = u["number"]
+        # The speaker's clips show the turn's (annotated) emotion; a listener's expression is not annotated.
+        out["clip_emotion7"][c] = ids["emotion7"] if u["role"] == "speaker" else -1
         if spec.audio_frames:
             name = _media_of(u, "audio", spec, record)
             if name is not None:
@@ -243,7 +288,7 @@ def make_example(record: dict, tokenizer, spec: FeatureSpec, root: str | None) -
         if name is not None:
             frames, t = video_features(name, record, root, spec.reply_video, spec.reply_video_frames)
             out["reply_frames"][...], out["reply_frames_len"][...], out["reply_video_mask"][...] = frames, t, True
-    for k, v in label_ids(record).items():
+    for k, v in ids.items():
         out[k][...] = v
     out["sample_index"][...] = record.get("index", -1)
     return out

@@ -27,12 +27,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
-AUD, VID = "<Aud>", "<Vid>"
-EMO, EMO_END, RESPONSE, RESPONSE_END = "<emo>", "</emo>", "<response>", "</response>"
-ROLE_TOKENS: dict[str, str] = {"pad": PAD, "bos": BOS, "eos": EOS, "unk": UNK}
-MARKER_TOKENS: tuple[str, ...] = (AUD, VID, EMO, EMO_END, RESPONSE, RESPONSE_END)
-SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK) + MARKER_TOKENS
+from merg_jax.special_tokens import (AUD, BOS, EMO, EMO_END, EOS, MARKER_TOKENS, PAD, RESPONSE, RESPONSE_END,
+                                    ROLE_TOKENS, SPECIAL_TOKENS, UNK, VID)
+
 META_FILE = "merg_tokenizer.json"
 
 log = logging.getLogger(__name__)

@@ -1,12 +1,13 @@
 """`merg-jax make-data`: generate AvaMERG-mini, a synthetic AvaMERG-format dataset.
 
     merg-jax make-data --out DIR --dialogues N [--seed 0] [--size 96] [--fps 25] [--splits 0.8,0.1,0.1]
-                       [--workers K] [--speech auto|espeak|formant] [--quiet]
+                       [--workers K] [--speech auto|espeak|formant] [--neutral-text-share 0.3] [--quiet]
 
 Writes {DIR}/{train,valid,test}.json, the speech (wav) and talking-avatar video (mp4 + side-car json) of every
 utterance, the 65 avatar portraits, metadata.json and README.txt (layout in merg_jax/data/mini/generate.py).
-The same seed gives the same dataset for any --workers. Prints a summary: counts, speech hours, Dist-1/2 of the
-gold replies, wall time.
+--neutral-text-share is the fraction of conversations whose words carry no emotion (it is then only in the voices
+and faces). The same seed gives the same dataset for any --workers. Prints a summary: counts, speech hours, Dist-1/2
+of the gold replies, wall time.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def _splits(text: str) -> tuple[float, float, float]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from merg_jax.data.mini.dialogues import NEUTRAL_TEXT_SHARE  # text banks only: cheap, unlike generate
+
     p = argparse.ArgumentParser(prog="merg-jax make-data", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="output folder (new, empty, or an earlier make-data output)")
@@ -40,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="parallel processes (default: CPU count, at most 8); the output does not depend on it")
     p.add_argument("--speech", default="auto", choices=("auto", "espeak", "formant"),
                    help="speech engine: espeak-ng, the built-in formant synthesiser, or auto (espeak-ng if installed)")
+    p.add_argument("--neutral-text-share", type=float, default=NEUTRAL_TEXT_SHARE,
+                   help="fraction of conversations whose words carry no emotion, so that it is only in voice and "
+                        f"face (default {NEUTRAL_TEXT_SHARE})")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -50,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = Config(out=args.out, dialogues=args.dialogues, seed=args.seed, size=args.size, fps=args.fps,
-                        splits=args.splits, workers=args.workers, engine=args.speech, progress=not args.quiet)
+                        splits=args.splits, workers=args.workers, engine=args.speech, progress=not args.quiet,
+                        neutral_text_share=args.neutral_text_share)
         meta = make_dataset(config)
     except (ValueError, FileExistsError, RuntimeError) as e:
         print(f"merg-jax make-data: {e}", file=sys.stderr)
@@ -65,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  gold replies: {total['replies']}  Dist-1 {total['dist_1']:.2f}  Dist-2 {total['dist_2']:.2f}  "
           f"exact duplicates {100 * total['duplicate_replies']:.1f}%")
     n = sum(s["conversations"] for s in meta["splits"].values())
+    neutral = sum(len(s["neutral_text_conversations"]) for s in meta["splits"].values())
+    print(f"  neutral text (emotion only in voice and face): {neutral} of {n} conversations "
+          f"(share {meta['neutral_text_share']})")
     print(f"  {seconds / 3600:.2f} h of speech; {meta['wall_seconds']:.1f} s wall "
           f"({n / max(meta['wall_seconds'], 1e-9):.2f} dialogues/s)")
     if meta["failed"]:

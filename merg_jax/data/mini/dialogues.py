@@ -7,6 +7,13 @@ utterance 2i+1, exactly the DESIGN §2 schema. Everything drawn for conversation
 `random.Random` seeded by (seed, index) alone, so a conversation never depends on which others are generated,
 in which order, or by which process.
 
+Neutral-text conversations: a share of the corpus (`neutral_text_share`, default `NEUTRAL_TEXT_SHARE`) is
+composed from `neutral_templates` instead, so every word a model reads is the same whichever emotion the speaker
+has; the emotion is then only in the speech and the avatar (generate.py voices and animates them as usual), and
+the chain of empathy still names it. Which conversations are neutral is drawn from a stream of its own, keyed by
+(seed, index) only, and so is a neutral conversation's emotion: the other conversations are exactly what they
+were before the share existed, and a neutral conversation's text is identical for every emotion.
+
 Lexical diversity is measured the way the AvaMERG paper reports it: Dist-n = 100 x distinct n-grams / all
 n-grams over the gold replies (`distinct_n`).
 """
@@ -17,12 +24,17 @@ import dataclasses
 import random
 import re
 from collections.abc import Iterable, Sequence
+from types import ModuleType
 
 from merg_jax.data import labels
+from merg_jax.data.mini import neutral_templates
 from merg_jax.data.mini import templates as T
 
 # How many turns (listener replies) a conversation has: AvaMERG averages 4.6 utterances, i.e. ~2.3 turns.
 TURN_WEIGHTS = {2: 0.45, 3: 0.35, 4: 0.20}
+# Share of conversations whose words carry no emotion: enough for the audio/video ablation to show, few enough
+# that the words still teach the empathic replies of each emotion.
+NEUTRAL_TEXT_SHARE = 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +66,7 @@ class Dialogue:
     emotion_cause: str
     goals: tuple[str, ...]  # goal_to_response of each turn
     utterances: tuple[tuple[str, str], ...]
+    neutral_text: bool = False  # the utterances name no emotion: it is only in voice and face
 
     @property
     def speaker_emotion(self) -> str:
@@ -91,6 +104,7 @@ class Dialogue:
             "speaker_profile": self.speaker.to_json(),
             "listener_profile": self.listener.to_json(),
             "topic": self.topic,
+            "neutral_text": self.neutral_text,
             "turns": turns,
         }
 
@@ -242,12 +256,40 @@ def _choose_listener(rng: random.Random, speaker: Profile) -> Profile:
     return Profile.of_avatar(rng.choice([i for i in range(labels.NUM_AVATARS) if i != speaker.avatar_id]))
 
 
-def make_dialogue(seed: int, index: int, conversation_id: str | None = None) -> Dialogue:
-    """Conversation number `index` (0-based) of the corpus drawn with `seed`. Deterministic in (seed, index)."""
+def is_neutral_text(seed: int, index: int, share: float = NEUTRAL_TEXT_SHARE) -> bool:
+    """Whether conversation `index` of the corpus drawn with `seed` has emotion-neutral text.
+
+    One uniform draw of a stream used for nothing else, compared with `share`: the other streams (and so the
+    emotion-specific conversations) do not change with the share, and raising the share only adds conversations.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"neutral_text_share: {share} must be in [0, 1]")
+    return random.Random(f"avamerg-mini/{seed}/{index}/neutral").random() < share
+
+
+def make_dialogue(seed: int, index: int, conversation_id: str | None = None, *,
+                  neutral_text_share: float = NEUTRAL_TEXT_SHARE, neutral_text: bool | None = None,
+                  emotion: str | None = None) -> Dialogue:
+    """Conversation number `index` (0-based) of the corpus drawn with `seed`. Deterministic in (seed, index, share).
+
+    neutral_text: None draws it (`is_neutral_text`); True/False forces it. emotion: None draws it; one of the 7
+    forces it (tests: a neutral conversation's text must not change with it).
+    """
+    if emotion is not None and emotion not in labels.EMOTIONS_7:
+        raise ValueError(f"emotion: {emotion!r} must be one of {list(labels.EMOTIONS_7)}")
+    neutral = is_neutral_text(seed, index, neutral_text_share) if neutral_text is None else bool(neutral_text)
     rng = random.Random(f"avamerg-mini/{seed}/{index}")
-    emotion = rng.choice(labels.EMOTIONS_7)
+    drawn = rng.choice(labels.EMOTIONS_7)  # always drawn, so the rest of this stream is the same in both kinds
     topic = rng.choice(labels.TOPICS)
-    situation = rng.choice(T.SITUATIONS[(topic, emotion)])
+    # The prompt's phrase banks; the chain of empathy (the target) always uses T's, which name the emotion.
+    B: ModuleType = neutral_templates if neutral else T  # noqa: N806 - a bank module, like T
+    if neutral:
+        # The emotion comes from a stream of its own, so nothing drawn for the text can depend on it.
+        emotion = emotion or random.Random(f"avamerg-mini/{seed}/{index}/emotion").choice(labels.EMOTIONS_7)
+        situation = rng.choice(neutral_templates.SITUATIONS[topic])
+    else:
+        emotion = emotion or drawn
+        situation = rng.choice(T.SITUATIONS[(topic, emotion)])
     speaker = _choose_speaker(rng, situation.ages)
     listener = _choose_listener(rng, speaker)
     num_turns = rng.choices(list(TURN_WEIGHTS), weights=list(TURN_WEIGHTS.values()))[0]
@@ -260,7 +302,7 @@ def make_dialogue(seed: int, index: int, conversation_id: str | None = None) -> 
         return render(template, rng, slots, person=person, gender=gender, variables=variables)
 
     ed = labels.MULTIMODAL_TO_ED[emotion]
-    ed_word = rng.choice(T.ED_WORDS[ed])
+    ed_word = rng.choice(T.ED_WORDS[ed])  # every ED_WORDS entry has 3 words: one draw, whatever the emotion
     event1, event3 = r(situation.event, 1), r(situation.event, 3)
     subject2, subject3 = r(situation.subject, 2), r(situation.subject, 3)
     need1, need2, need3 = (r(situation.need, p) for p in (1, 2, 3))
@@ -281,7 +323,7 @@ def make_dialogue(seed: int, index: int, conversation_id: str | None = None) -> 
     # Speaker details are used in order, advice without repetition.
     details = list(situation.details)
     rng.shuffle(details)
-    advice = list(situation.advice) + list(T.GENERIC_ADVICE[emotion])
+    advice = list(situation.advice) + list(B.GENERIC_ADVICE[emotion])
     rng.shuffle(advice)
     advice.sort(key=lambda a: a not in situation.advice)  # situation-specific advice first, in shuffled order
 
@@ -289,8 +331,8 @@ def make_dialogue(seed: int, index: int, conversation_id: str | None = None) -> 
         return r(template, 1)
 
     def give_advice() -> str:
-        text = r(advice.pop(0), 2) if advice else r(rng.choice(T.GENERIC_ADVICE[emotion]), 2)
-        lead = rng.choice(T.ADVICE_LEADS)
+        text = r(advice.pop(0), 2) if advice else r(rng.choice(B.GENERIC_ADVICE[emotion]), 2)
+        lead = rng.choice(B.ADVICE_LEADS)
         if lead == "Maybe" and text.startswith("Maybe"):
             lead = ""
         return _join([lead, text]) if not lead.endswith(("?", ".")) else f"{lead} {text}"
@@ -300,60 +342,60 @@ def make_dialogue(seed: int, index: int, conversation_id: str | None = None) -> 
     for i in range(num_turns):
         # ---- speaker
         if i == 0:
-            opener = _pick(rng, T.OPENERS, emotion, shared=0.5)
+            opener = _pick(rng, B.OPENERS, emotion, shared=0.5)
             event = _sentence(event1)
-            feeling = rng.choice(T.FEELINGS[emotion])
+            feeling = rng.choice(B.FEELINGS[emotion])
             if rng.random() < 0.25:
                 feeling = ""  # just the event
             speaker_text = _join([opener, event, feeling] if rng.random() < 0.7 else [opener, feeling, event])
         else:
             asked = utterances[-1][1].endswith("?")  # answer the listener's question, don't just agree
-            parts = [rng.choice(T.ANSWER_LEADS) if asked else _pick(rng, T.SPEAKER_REACTIONS, emotion)]
+            parts = [rng.choice(B.ANSWER_LEADS) if asked else _pick(rng, B.SPEAKER_REACTIONS, emotion)]
             if details:
                 parts.append(speak(details.pop(0)))
             last = i == num_turns - 1
             if not need_said and (last or rng.random() < 0.5):
-                parts.append(r(rng.choice(T.SPEAKER_NEEDS), 1, need=need1))
+                parts.append(r(rng.choice(B.SPEAKER_NEEDS), 1, need=need1))
                 need_said = True
             elif details and rng.random() < 0.4:
                 parts.append(speak(details.pop(0)))
             if last and num_turns > 2 and rng.random() < 0.5:
-                closing = rng.choice(T.SPEAKER_CLOSINGS)
+                closing = rng.choice(B.SPEAKER_CLOSINGS)
                 parts.append(_address(rng, closing, listener_name) if rng.random() < 0.25 else closing)
             elif rng.random() < 0.2 or len(parts) == 1:  # out of details: at least say how it feels
-                parts.append(rng.choice(T.FEELINGS[emotion]))
+                parts.append(rng.choice(B.FEELINGS[emotion]))
             speaker_text = _join(parts)
         utterances.append(("speaker", speaker_text))
 
         # ---- listener
         stage = "open" if i == 0 else ("close" if i == num_turns - 1 else "support")
         if stage == "open":
-            ack = r(rng.choice(T.ACKS[emotion]), 2)
-            reflect = r(rng.choice(T.REFLECTIONS[emotion]), 2, subject=subject2)
-            question = r(_pick(rng, T.QUESTIONS, emotion), 2)
+            ack = r(rng.choice(B.ACKS[emotion]), 2)
+            reflect = r(rng.choice(B.REFLECTIONS[emotion]), 2, subject=subject2)
+            question = r(_pick(rng, B.QUESTIONS, emotion), 2)
             pattern = rng.choice([(ack, reflect, question), (ack, question), (ack, reflect), (reflect, question),
                                   (ack, reflect, question)])
             reply = _join(pattern)
         elif stage == "support":
-            parts = [rng.choice(T.CONNECTORS), r(rng.choice(T.VALIDATIONS[emotion]), 2)]
+            parts = [rng.choice(B.CONNECTORS), r(rng.choice(B.VALIDATIONS[emotion]), 2)]
             if rng.random() < 0.5:
-                parts = [r(rng.choice(T.VALIDATIONS[emotion]), 2)]
+                parts = [r(rng.choice(B.VALIDATIONS[emotion]), 2)]
             parts.append(give_advice())
             if rng.random() < 0.35:
-                parts.append(r(_pick(rng, T.QUESTIONS, emotion), 2))
+                parts.append(r(_pick(rng, B.QUESTIONS, emotion), 2))
             reply = _join(parts)
         else:
             parts = []
             if need_said and rng.random() < 0.6:
-                parts.append(r(rng.choice(T.ENCOURAGE_NEED), 2, need=need2))
+                parts.append(r(rng.choice(B.ENCOURAGE_NEED), 2, need=need2))
             else:
-                parts.append(r(rng.choice(T.VALIDATIONS[emotion]), 2))
+                parts.append(r(rng.choice(B.VALIDATIONS[emotion]), 2))
             if num_turns == 2 or rng.random() < 0.5:
                 parts.append(give_advice())
-            parts.append(r(_pick(rng, T.CLOSINGS, emotion, shared=0.4), 2))
+            parts.append(r(_pick(rng, B.CLOSINGS, emotion, shared=0.4), 2))
             reply = _join(parts)
         if rng.random() < 0.2:
-            reply = _join([rng.choice(T.INTERJECTIONS[emotion]), reply])
+            reply = _join([rng.choice(B.INTERJECTIONS[emotion]), reply])
         if rng.random() < 0.25:
             reply = _address(rng, reply, speaker_name)
         utterances.append(("listener", reply))
@@ -361,7 +403,8 @@ def make_dialogue(seed: int, index: int, conversation_id: str | None = None) -> 
     return Dialogue(
         conversation_id=conversation_id if conversation_id is not None else f"{index + 1:05d}",
         topic=topic, emotion=emotion, speaker=speaker, listener=listener, context=_sentence(context),
-        event_scenario=scenario, emotion_cause=cause, goals=tuple(goals), utterances=tuple(utterances))
+        event_scenario=scenario, emotion_cause=cause, goals=tuple(goals), utterances=tuple(utterances),
+        neutral_text=neutral)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -391,4 +434,5 @@ def duplicate_fraction(texts: Sequence[str]) -> float:
     return (len(texts) - len(set(texts))) / len(texts) if texts else 0.0
 
 
-__all__ = ["Dialogue", "Profile", "distinct_n", "duplicate_fraction", "make_dialogue", "render", "tokenize"]
+__all__ = ["NEUTRAL_TEXT_SHARE", "Dialogue", "Profile", "distinct_n", "duplicate_fraction", "is_neutral_text",
+           "make_dialogue", "render", "tokenize"]

@@ -14,6 +14,12 @@ intensity. Listener replies carry an empathic expression (`LISTENER_EXPRESSION`)
 mirrored — fear excepted, which the listener meets with concern ("sad"), since a comforter who looks frightened
 reads wrong — and spoken at half intensity (`LISTENER_INTENSITY`), i.e. softened prosody.
 
+Neutral text: a share of the conversations (`Config.neutral_text_share`, `--neutral-text-share`) has words that
+carry no emotion (dialogues.py), so the emotion is only in the voices and faces above, which do not change. They
+are marked "neutral_text": true in the JSON and listed per split in metadata.json ("neutral_text_conversations",
+read back by `neutral_text_conversations`), so an evaluation can score them apart: that is where a model that
+ignores audio and video falls to chance.
+
 Determinism: conversation i depends only on (seed, i) — its text, voices, blinks and head motion are all seeded
 from them — so the output is the same for any number of worker processes, and the JSON files are
 byte-identical across runs. Every file is written atomically. A conversation whose media fail is skipped,
@@ -41,7 +47,7 @@ from merg_jax.data import labels
 from merg_jax.data.mini import dialogues, speech
 
 GENERATOR = "avamerg-mini"
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"  # 1.1: neutral-text conversations
 SPLITS = ("train", "valid", "test")
 LISTENER_EXPRESSION = {"sad": "sad", "happy": "happy", "angry": "angry", "surprised": "surprised", "fear": "sad",
                        "contempt": "contempt", "disgusted": "disgusted"}
@@ -64,6 +70,7 @@ class Config:
     workers: int = 1
     engine: str = "auto"  # speech: auto | espeak | formant
     progress: bool = True
+    neutral_text_share: float = dialogues.NEUTRAL_TEXT_SHARE
 
     def __post_init__(self):
         if self.dialogues < 1:
@@ -78,6 +85,8 @@ class Config:
             raise ValueError(f"--workers: {self.workers} must be at least 1")
         if self.engine not in speech.ENGINES:
             raise ValueError(f"--speech: {self.engine!r} must be one of {list(speech.ENGINES)}")
+        if not 0.0 <= self.neutral_text_share <= 1.0:  # also rejects NaN
+            raise ValueError(f"--neutral-text-share: {self.neutral_text_share} must be a fraction in [0, 1]")
 
 
 def split_counts(n: int, fractions: tuple[float, ...]) -> tuple[int, ...]:
@@ -110,6 +119,7 @@ class _Job:
     size: int
     fps: int
     engine: str
+    neutral_text_share: float
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -137,7 +147,7 @@ def _render_conversation(job: _Job) -> dict:
     root = Path(job.root)
     written: list[Path] = []
     try:
-        dialogue = dialogues.make_dialogue(job.seed, job.index, job.cid)
+        dialogue = dialogues.make_dialogue(job.seed, job.index, job.cid, neutral_text_share=job.neutral_text_share)
         seconds = 0.0
         for k, (role, text) in enumerate(dialogue.utterances):
             n = k + 1
@@ -169,7 +179,7 @@ def _render_conversation(job: _Job) -> dict:
             })
             _write_json(sidecar_path, sidecar, indent=None)
         return {"conversation": dialogue.to_json(), "seconds": seconds, "error": None,
-                "replies": dialogue.replies, "emotion": dialogue.emotion}
+                "replies": dialogue.replies, "emotion": dialogue.emotion, "neutral_text": dialogue.neutral_text}
     except Exception:  # one bad conversation must not end a long run: report it, leave no partial media
         for path in written:
             path.unlink(missing_ok=True)
@@ -237,7 +247,7 @@ def make_dataset(config: Config) -> dict:
     jobs, start = [], 0
     for split, count in zip(SPLITS, counts):
         jobs += [_Job(str(root), split, i, conversation_id(i, config.dialogues), config.seed, config.size,
-                      config.fps, engine) for i in range(start, start + count)]
+                      config.fps, engine, config.neutral_text_share) for i in range(start, start + count)]
         start += count
 
     _write_portraits(root, config.size)
@@ -276,6 +286,8 @@ def make_dataset(config: Config) -> dict:
             "utterances": sum(2 * len(c["turns"]) for c in convs),
             "audio_seconds": round(sum(r["seconds"] for r in per_split[split]), 3),
             **text_stats(replies),
+            "neutral_text_conversations": [r["conversation"]["conversation_id"] for r in per_split[split]
+                                           if r["neutral_text"]],
         }
     emotions = {e: sum(r["emotion"] == e for rs in per_split.values() for r in rs) for e in labels.EMOTIONS_7}
     metadata = {
@@ -293,6 +305,7 @@ def make_dataset(config: Config) -> dict:
         "emotions": emotions,
         "listener_expression": LISTENER_EXPRESSION,
         "listener_speech_intensity": LISTENER_INTENSITY,
+        "neutral_text_share": config.neutral_text_share,
         "dist_tokenizer": "lower-cased words (with contractions) and single punctuation marks; n-grams within "
                           "each reply; Dist-n = 100 * distinct / total",
         "failed": failed,
@@ -307,6 +320,7 @@ def make_dataset(config: Config) -> dict:
 
 
 def _readme(meta: dict) -> str:
+    neutral = sum(len(s["neutral_text_conversations"]) for s in meta["splits"].values())
     lines = [
         "AvaMERG-mini: a synthetic dataset in the AvaMERG format (merg_jax make-data).",
         f"generator {meta['generator']} {meta['generator_version']}, seed {meta['seed']}, speech engine "
@@ -320,6 +334,9 @@ def _readme(meta: dict) -> str:
         "Each utterance is voiced and shown by whoever says it. Speaker utterances: the speaker's emotion. "
         "Listener replies: " + ", ".join(f"{k}->{v}" for k, v in meta["listener_expression"].items())
         + f" (speaker's emotion -> listener's expression), speech at intensity {meta['listener_speech_intensity']}.",
+        f"Neutral text: a share of {meta['neutral_text_share']} of the conversations ({neutral} here) use words that "
+        "carry no emotion (the same for every emotion), so their emotion is only in the voices and faces; they are "
+        "marked \"neutral_text\": true and listed per split in metadata.json (neutral_text_conversations).",
         "",
     ]
     for split, s in meta["splits"].items():
@@ -329,5 +346,21 @@ def _readme(meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def neutral_text_conversations(root: str | os.PathLike, split: str) -> set[str] | None:
+    """Ids of the neutral-text conversations of `split` of the dataset at `root`, from its metadata.json.
+
+    None when the dataset does not say (a real AvaMERG download, an AvaMERG-mini older than 1.1, a split it does
+    not list): "unknown" must not read as "none of them".
+    """
+    try:
+        meta = json.loads((Path(root) / "metadata.json").read_text(encoding="utf-8"))
+        ids = meta["splits"][split]["neutral_text_conversations"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if meta.get("generator") != GENERATOR or not isinstance(ids, list):
+        return None
+    return {str(i) for i in ids}
+
+
 __all__ = ["Config", "GENERATOR_VERSION", "LISTENER_EXPRESSION", "LISTENER_INTENSITY", "conversation_id",
-           "derived_seed", "make_dataset", "split_counts", "text_stats"]
+           "derived_seed", "make_dataset", "neutral_text_conversations", "split_counts", "text_stats"]
