@@ -295,8 +295,11 @@ def test_paper_config_builds_abstractly_with_the_paper_counts(capsys):
     counts = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in table.splitlines()
               if line.split() and line.split()[0] in GROUPS}
     assert set(counts) == set(GROUPS)
-    # Vicuna-7B: embeddings and LM head 2·32000·4096; 32 layers of 4·4096² attention, 3·4096·11008 MLP, 2 norms.
-    assert counts["llm_base"] == 2 * 32000 * 4096 + 32 * (4 * 4096 ** 2 + 3 * 4096 * 11008 + 2 * 4096) + 4096
+    # Vicuna-7B: embeddings and LM head 2·V·4096 (V = 32000 + our 7 special tokens, padded to 32128); 32 layers
+    # of 4·4096² attention, 3·4096·11008 MLP, 2 norms. With V = 32000 that is Vicuna's own 6,738,415,616.
+    vicuna = lambda v: 2 * v * 4096 + 32 * (4 * 4096 ** 2 + 3 * 4096 * 11008 + 2 * 4096) + 4096  # noqa: E731
+    assert vicuna(32000) == 6_738_415_616
+    assert counts["llm_base"] == vicuna(32128)
     assert counts["lora"] == 32 * 4 * 2 * 4096 * 8  # r=8 on q, k, v, o
     assert counts["projections"] == 2 * (1024 * 4096 + 4096)  # 1024 → 4096 per modality
     # ImageBind-huge's towers (analytic: blocks of 4·D² + 4·D attention, 2·D·4D + 5·D MLP, 2 LayerNorms).

@@ -32,7 +32,7 @@ def describe(config) -> tuple[dict[str, int], str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from merg_jax.train.cli import split_overrides
+    from merg_jax.config import split_overrides
 
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="merg-jax describe-model", description=__doc__.split("\n\n")[0],

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from merg_jax.data.labels import AGES, EMOTIONS_7, EMOTIONS_32, GENDERS, TIMBRES
+from merg_jax.labels import AGES, EMOTIONS_7, EMOTIONS_32, GENDERS, TIMBRES
 from merg_jax.models.feature_memory import FeatureMemory, MemoryConfig, QueryDecoder, _check_positive
 from merg_jax.models.hidden_features import HiddenFeatures
 from merg_jax.models.layers import Dense

@@ -25,8 +25,11 @@ from jaxtyping import Array, Bool, Float, Int
 
 from merg_jax.models.disentangler import (DisentanglerConfig, StyleClassifiers, StyleDisentangler, StyleLogits,
                                          StyleOutput)
-from merg_jax.models.encoders import (AudioConfig, AudioEncoder, VisionConfig, VisionEncoder, fit_length, normalize_ast,
-                                      normalize_clip)
+from merg_jax.labels import EMOTIONS_7
+from merg_jax.models.encoders import (AudioConfig, AudioEncoder, EncoderOutput, VisionConfig, VisionEncoder, fit_length,
+                                      normalize_ast, normalize_clip)
+from merg_jax.models.layers import Dense
+from merg_jax.models.transformer import LayerNorm
 from merg_jax.models.hidden_features import HiddenFeatureConfig, HiddenFeatures, SignalTokens, extract_features
 from merg_jax.models.llm import Llm, LlmOutput
 from merg_jax.models.llm_config import LlmConfig
@@ -39,7 +42,8 @@ from merg_jax.models.synchronizer import ContentOutput, ContentSynchronizer, Syn
 class EmpatheiaConfig:
     """The whole model. `vision` / `audio` None: that modality is not encoded (its slots keep their token
     embedding). `audio_windows`: windows of `audio.max_length` frames embedded and averaged per clip (ImageBind
-    embeds 3)."""
+    embeds 3). `clip_emotion_head`: a 7-way emotion head on each tower's clip embedding, trained by the `encoders`
+    stage when the towers are trained here from scratch (no ImageBind); part of the `encoders` group."""
 
     llm: LlmConfig
     vision: VisionConfig | None
@@ -49,6 +53,7 @@ class EmpatheiaConfig:
     synchronizer: SynchronizerConfig = SynchronizerConfig()
     disentangler: DisentanglerConfig = DisentanglerConfig()
     audio_windows: int = 1
+    clip_emotion_head: bool = False
 
     def __post_init__(self):
         d = self.llm.hidden_size
@@ -90,7 +95,8 @@ class EmpatheiaConfig:
                    projection=build(ProjectionConfig, "projection", True), features=features,
                    synchronizer=build(SynchronizerConfig, "synchronizer", True, llm_dim=llm.hidden_size),
                    disentangler=build(DisentanglerConfig, "disentangler", True, llm_dim=llm.hidden_size),
-                   audio_windows=int(e.get("audio_windows", 1)))
+                   audio_windows=int(e.get("audio_windows", 1)),
+                   clip_emotion_head=bool(e.get("clip_emotion_head", False)))
 
 
 @jax.tree_util.register_dataclass
@@ -114,10 +120,29 @@ class EmpatheiaOutput:
     style_logits: StyleLogits
 
 
+class ClipEmotionHead(nnx.Module):
+    """A clip embedding `[N, E]` → 7 emotion logits: LayerNorm, then a linear layer. The norm matters: the towers'
+    embeddings are L2-normalised (ImageBind's vision embedding has norm 1), so a bare linear head would need huge
+    weights to be confident and learns slowly."""
+
+    def __init__(self, dim: int, *, rngs: nnx.Rngs):
+        self.norm = LayerNorm(dim, eps=1e-6, rngs=rngs)
+        self.linear = Dense(dim, len(EMOTIONS_7), names=(None, None), use_bias=True, rngs=rngs)
+
+    def __call__(self, embedding: Float[Array, "N E"]) -> Float[Array, "N 7"]:
+        return self.linear(self.norm(embedding.astype(jnp.float32)))
+
+
 class MediaEncoders(nnx.Module):
     def __init__(self, cfg: EmpatheiaConfig, *, rngs: nnx.Rngs):
         self.vision = VisionEncoder(cfg.vision, rngs=rngs) if cfg.vision is not None else None
         self.audio = AudioEncoder(cfg.audio, rngs=rngs) if cfg.audio is not None else None
+
+        def head(tower_cfg):
+            return ClipEmotionHead(tower_cfg.embedding_dim, rngs=rngs) if cfg.clip_emotion_head and tower_cfg else None
+
+        self.audio_emotion = head(cfg.audio)
+        self.video_emotion = head(cfg.vision)
 
 
 class MediaProjections(nnx.Module):
@@ -151,27 +176,51 @@ class Empatheia(nnx.Module):
 
     # ------------------------------------------------------------------------------------------------ media
 
-    def encode_audio(self, mel: Float[Array, "B C T M"], lengths: Int[Array, "B C"]) -> Float[Array, "B C N D"]:
-        """Each clip's log-mel (`features.log_mel`) → AST statistics → tower (`audio_windows` windows) → tokens."""
+    def audio_clips(self, mel: Float[Array, "B C T M"], lengths: Int[Array, "B C"]) -> EncoderOutput:
+        """Each clip's log-mel (`features.log_mel`) → AST statistics → tower (`audio_windows` windows), clips
+        flattened: `pooled [B*C, E]`, `tokens [B*C, N, H]`."""
         b, c = mel.shape[:2]
         # Pad short clips before normalising, as ImageBind pads its fbank: padding reads as log-mel 0.
         mel = fit_length(mel.reshape(b * c, *mel.shape[2:]), max(mel.shape[2], self.cfg.audio.max_length))
-        enc = self.encoders.audio.encode_clips(normalize_ast(mel), lengths.reshape(b * c),
-                                               num_windows=self.cfg.audio_windows)
-        out = self.projections.audio(enc)
-        return out.reshape(b, c, *out.shape[1:])
+        return self.encoders.audio.encode_clips(normalize_ast(mel), lengths.reshape(b * c),
+                                                num_windows=self.cfg.audio_windows)
 
-    def encode_video(self, frames: Int[Array, "B C F S S 3"], lengths: Int[Array, "B C"]) -> Float[Array, "B C N D"]:
-        """Each clip's uint8 frames → CLIP statistics → tower, averaged over the valid frames → tokens."""
+    def video_clips(self, frames: Int[Array, "B C F S S 3"], lengths: Int[Array, "B C"]) -> EncoderOutput:
+        """Each clip's uint8 frames → CLIP statistics → tower, averaged over the valid frames, clips flattened."""
         b, c, f = frames.shape[:3]
         size = self.cfg.vision.image_size
         if frames.shape[3:] != (size, size, self.cfg.vision.num_channels):
             raise ValueError(f"Empatheia: video frames are {list(frames.shape[3:])} but the vision tower takes "
                              f"[{size}, {size}, {self.cfg.vision.num_channels}] (data.video.size)")
         valid = jnp.arange(f)[None] < lengths.reshape(b * c, 1)
-        enc = self.encoders.vision.encode_clip(normalize_clip(frames.reshape(b * c, *frames.shape[2:])), valid)
-        out = self.projections.video(enc)
-        return out.reshape(b, c, *out.shape[1:])
+        return self.encoders.vision.encode_clip(normalize_clip(frames.reshape(b * c, *frames.shape[2:])), valid)
+
+    def encode_audio(self, mel: Float[Array, "B C T M"], lengths: Int[Array, "B C"]) -> Float[Array, "B C N D"]:
+        """Each clip's speech → the LLM tokens that stand for it."""
+        out = self.projections.audio(self.audio_clips(mel, lengths))
+        return out.reshape(*mel.shape[:2], *out.shape[1:])
+
+    def encode_video(self, frames: Int[Array, "B C F S S 3"], lengths: Int[Array, "B C"]) -> Float[Array, "B C N D"]:
+        """Each clip's face video → the LLM tokens that stand for it."""
+        out = self.projections.video(self.video_clips(frames, lengths))
+        return out.reshape(*frames.shape[:2], *out.shape[1:])
+
+    def clip_emotion_logits(self, batch: Mapping[str, Any]) -> dict[str, Float[Array, "B C 7"]]:
+        """{"audio", "video"}: each history clip's 7-way emotion logits from its tower's embedding (float32);
+        needs `clip_emotion_head`."""
+        if self.encoders.audio_emotion is None and self.encoders.video_emotion is None:
+            raise ValueError("Empatheia.clip_emotion_logits: the model has no clip emotion heads "
+                             "(config.empatheia.clip_emotion_head=True)")
+        out = {}
+        if self.encoders.audio_emotion is not None:
+            mel, lengths = _need(batch, "audio_mel", "audio_len")
+            logits = self.encoders.audio_emotion(self.audio_clips(mel, lengths).pooled).astype(jnp.float32)
+            out["audio"] = logits.reshape(*mel.shape[:2], -1)
+        if self.encoders.video_emotion is not None:
+            frames, lengths = _need(batch, "video_frames", "video_len")
+            logits = self.encoders.video_emotion(self.video_clips(frames, lengths).pooled).astype(jnp.float32)
+            out["video"] = logits.reshape(*frames.shape[:2], -1)
+        return out
 
     def encode_media(self, batch: Mapping[str, Any]) -> MediaTokens:
         audio = audio_present = video = video_present = None

@@ -31,13 +31,16 @@ SOURCES = ("reply_span", "signal_tokens")
 @dataclasses.dataclass(frozen=True)
 class HiddenFeatureConfig:
     """Where r^t, r^s, r^v come from. `response_id` / `response_end_id`: the tokenizer's `<response>` and
-    `</response>` ids (`from_tokenizer`)."""
+    `</response>` ids, `emo_id` / `emo_end_id` its `<emo>` and `</emo>` (`with_tokenizer`; the training stages find
+    the emotion in the CoE text by them)."""
 
     source: str = "reply_span"
     reply_len: int = 64  # R: the reply's first R tokens form r^t
     num_signal_tokens: int = 4  # K per modality ("signal_tokens")
     response_id: int = -1
     response_end_id: int = -1
+    emo_id: int = -1
+    emo_end_id: int = -1
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -52,10 +55,11 @@ class HiddenFeatureConfig:
         return 2 * self.num_signal_tokens if self.source == "signal_tokens" else 0
 
     def with_tokenizer(self, tokenizer) -> HiddenFeatureConfig:
-        from merg_jax.data.tokenizer import RESPONSE, RESPONSE_END
+        from merg_jax.special_tokens import EMO, EMO_END, RESPONSE, RESPONSE_END
 
-        return dataclasses.replace(self, response_id=tokenizer.special_ids[RESPONSE],
-                                   response_end_id=tokenizer.special_ids[RESPONSE_END])
+        ids = tokenizer.special_ids
+        return dataclasses.replace(self, response_id=ids[RESPONSE], response_end_id=ids[RESPONSE_END],
+                                   emo_id=ids[EMO], emo_end_id=ids[EMO_END])
 
 
 @jax.tree_util.register_dataclass

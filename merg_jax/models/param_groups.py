@@ -23,12 +23,15 @@ from flax import nnx
 GROUPS: tuple[str, ...] = ("encoders", "projections", "lora", "llm_base", "synchronizer", "disentangler",
                            "classifiers")
 
-# Training stages (DESIGN §1): a. CoE learning, b. content consistency, c. style alignment, d. style consistency.
+# The groups each training stage trains by default (DESIGN §1): a. CoE learning, b. content consistency, c. style
+# alignment, d. style consistency; and `encoders`, which trains the towers (with their clip emotion heads) when
+# they are learnt here instead of imported (a config may widen a stage: `config.stage.coe.groups`).
 STAGES: dict[str, tuple[str, ...]] = {
+    "encoders": ("encoders",),
     "coe": ("lora", "projections"),
     "content": ("synchronizer",),
     "style": ("disentangler",),
-    "classify": ("classifiers",),
+    "style_cls": ("classifiers",),
 }
 
 _TOP = {"encoders": "encoders", "projections": "projections", "synchronizer": "synchronizer",
@@ -64,11 +67,13 @@ def group_filter(*names: str):
     return select
 
 
-def stage_filter(stage: str):
-    """The filter of what `stage` (a key of `STAGES`) trains."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown training stage {stage!r}; the stages are {tuple(STAGES)}")
-    return group_filter(*STAGES[stage])
+def stage_filter(stage: str, groups: Iterable[str] | None = None):
+    """The filter of what `stage` (a key of `STAGES`) trains: its default groups, or `groups` when given."""
+    if groups is None:
+        if stage not in STAGES:
+            raise ValueError(f"unknown training stage {stage!r}; the stages are {tuple(STAGES)}")
+        groups = STAGES[stage]
+    return group_filter(*groups)
 
 
 def group_labels(state: nnx.State) -> nnx.State:
