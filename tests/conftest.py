@@ -9,3 +9,25 @@ import os
 _FLAG = "--xla_force_host_platform_device_count=8"
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+
+import pytest  # noqa: E402 - after the XLA flag, which must be set before anything imports JAX
+
+
+@pytest.fixture(scope="session")
+def mini_root(tmp_path_factory):
+    """8 AvaMERG-mini conversations (half of them neutral-text), shared by the trainer, eval and respond tests."""
+    from tests.trainer_testing import make_mini
+
+    return make_mini(tmp_path_factory.mktemp("mini") / "data")
+
+
+@pytest.fixture(scope="session")
+def trained_run(mini_root, tmp_path_factory):
+    """Every stage of the shrunk tiny recipe, a few steps each, on one device: (output dir, TrainResult)."""
+    from merg_jax.sharding import single_device_mesh
+    from merg_jax.train.trainer import train_stages
+    from tests.trainer_testing import trainer_config
+
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    result = train_stages(trainer_config(mini_root, out), mesh=single_device_mesh(), emit=lambda line: None)
+    return out, result

@@ -106,10 +106,10 @@ def test_packing_keeps_examples_apart_and_masks_the_prompt():
     n = [len(e.tokens) - 1 for e in exs]  # all the same length here
     seq_len = 2 * n[0] + 5  # two examples per row, 5 padding
     rows = pack_examples(exs, seq_len)
-    assert rows["inputs"].shape == (3, seq_len)
+    assert rows["tokens"].shape == (3, seq_len)
     row0 = {k: v[0] for k, v in rows.items()}
     first = exs[0]
-    assert list(row0["inputs"][:n[0]]) == list(first.tokens[:-1])
+    assert list(row0["tokens"][:n[0]]) == list(first.tokens[:-1])
     assert list(row0["targets"][:n[0]]) == list(first.tokens[1:])
     assert list(row0["loss_mask"][:n[0]]) == list(first.loss_mask[1:])
     assert list(row0["positions"][n[0]:2 * n[0]]) == list(range(n[0]))
@@ -127,23 +127,23 @@ def test_packed_rows_give_the_same_logits_as_each_example_alone():
     i = int(np.argmax(rows["segment_ids"].max(axis=1) >= 2))
     seg = rows["segment_ids"][i]
     assert seg.max() >= 2 and (seg == 0).any(), "want a row with two examples and padding"
-    packed = model.forward(jnp.asarray(rows["inputs"][i:i + 1]), positions=jnp.asarray(rows["positions"][i:i + 1]),
+    packed = model.forward(jnp.asarray(rows["tokens"][i:i + 1]), positions=jnp.asarray(rows["positions"][i:i + 1]),
                            segment_ids=jnp.asarray(seg[None])).logits
     for s in (1, 2):
-        alone = model(jnp.asarray(rows["inputs"][i:i + 1, seg == s]))
+        alone = model(jnp.asarray(rows["tokens"][i:i + 1, seg == s]))
         np.testing.assert_allclose(np.asarray(packed[0, seg == s]), np.asarray(alone[0]), atol=2e-5)
 
 
 def test_batch_iterator_reshuffles_each_epoch_and_restores_its_state():
-    rows = {"inputs": np.arange(10)[:, None].repeat(3, 1)}
+    rows = {"tokens": np.arange(10)[:, None].repeat(3, 1)}
     it = BatchIterator(rows, 4, seed=0)
-    epoch0 = [next(it)["inputs"][:, 0] for _ in range(it.batches_per_epoch)]
+    epoch0 = [next(it)["tokens"][:, 0] for _ in range(it.batches_per_epoch)]
     assert len(set(np.concatenate(epoch0).tolist())) == 8
     state = it.get_state()
-    a = [next(it)["inputs"][:, 0].tolist() for _ in range(3)]
+    a = [next(it)["tokens"][:, 0].tolist() for _ in range(3)]
     it2 = BatchIterator(rows, 4, seed=0)
     it2.set_state(state)
-    assert [next(it2)["inputs"][:, 0].tolist() for _ in range(3)] == a
+    assert [next(it2)["tokens"][:, 0].tolist() for _ in range(3)] == a
     assert a[:2] != [e.tolist() for e in epoch0]  # a new order in the next epoch
 
 

@@ -88,10 +88,10 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
         peer = LlamaForCausalLM.from_pretrained(tmp, dtype=torch.float32)
     peer_device = next(peer.parameters()).device
 
-    jbatch = {"inputs": jnp.asarray(tokens[:, :-1], jnp.int32), "targets": jnp.asarray(tokens[:, 1:], jnp.int32),
+    jbatch = {"tokens": jnp.asarray(tokens[:, :-1], jnp.int32), "targets": jnp.asarray(tokens[:, 1:], jnp.int32),
               "loss_mask": jnp.ones((batch, seq_len), jnp.float32)}
     # The same function? Compare logits before any training step changes our weights.
-    ours_logits = np.asarray(model(jbatch["inputs"]))
+    ours_logits = np.asarray(model(jbatch["tokens"]))
     peer.eval()
     with torch.no_grad():
         peer_logits = peer(torch.from_numpy(tokens[:, :-1])).logits.float().numpy()
@@ -183,7 +183,7 @@ def format_report(r: dict, *, config_name: str, cfg, args) -> str:
 
 def run(args, rest: list[str], parser: argparse.ArgumentParser) -> int:
     from merg_jax.config import llm_config, load_config
-    from merg_jax.train.cli import split_overrides
+    from merg_jax.config import split_overrides
 
     try:
         config = load_config(args.config, split_overrides(rest))

@@ -2,8 +2,13 @@
 
 A row holds several examples one after another. Each keeps its own segment id (1, 2, … ; 0 marks padding) and
 positions restarting at 0, so with `segment_ids` the model sees every example alone, as if unpacked. Targets are
-the inputs shifted by one inside each example; `loss_mask` is 1 on the completion's targets only (the reply
-and its end-of-sequence token), 0 on the prompt and the padding.
+the tokens shifted by one inside each example; `loss_mask` is 1 on the completion's targets only (the reply
+and its end-of-sequence token), 0 on the prompt and the padding. The keys are the AvaMERG pipeline's
+(`merg_jax.data.pipeline`: `tokens targets loss_mask segment_ids positions`), the one batch contract of every
+trainer.
+
+Placement: `shard_batch` takes a global batch that every process holds alike; `place_local_batch` takes each
+process's own rows of the global batch (the pipeline's host slices) and assembles the global array from them.
 
 `BatchIterator` keeps its position as a small dict (`get_state` / `set_state`), the shape of a grain
 iterator's state, so a checkpoint can hold it.
@@ -21,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 log = logging.getLogger(__name__)
 
-BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
+BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
 # Batches are split over every data-parallel mesh axis.
 BATCH_SPEC = P(("data", "fsdp"))
 
@@ -67,7 +72,7 @@ def pack_examples(examples: Sequence[LmExample], seq_len: int, *, pad_id: int = 
     if cut:
         log.warning("pack_examples: %d examples longer than seq_len=%d were cut", cut, seq_len)
     out = {
-        "inputs": np.full((len(rows), seq_len), pad_id, np.int32),
+        "tokens": np.full((len(rows), seq_len), pad_id, np.int32),
         "targets": np.full((len(rows), seq_len), pad_id, np.int32),
         "loss_mask": np.zeros((len(rows), seq_len), np.float32),
         "segment_ids": np.zeros((len(rows), seq_len), np.int32),
@@ -78,7 +83,7 @@ def pack_examples(examples: Sequence[LmExample], seq_len: int, *, pad_id: int = 
         for seg, (inp, tgt, m) in enumerate(row, start=1):
             n = len(inp)
             sl = slice(at, at + n)
-            out["inputs"][i, sl], out["targets"][i, sl], out["loss_mask"][i, sl] = inp, tgt, m
+            out["tokens"][i, sl], out["targets"][i, sl], out["loss_mask"][i, sl] = inp, tgt, m
             out["segment_ids"][i, sl] = seg
             out["positions"][i, sl] = np.arange(n)
             at += n
@@ -136,3 +141,10 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[s
     sharding = NamedSharding(mesh, BATCH_SPEC)
     return {k: jax.make_array_from_callback(np.shape(v), sharding, lambda idx, v=np.asarray(v): v[idx])
             for k, v in batch.items()}
+
+
+def place_local_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """The global batch from each process's rows (process i holds rows [i*b, (i+1)*b) of the global batch, the
+    rows its devices hold under `BATCH_SPEC`), split over (`data`, `fsdp`) along the batch axis."""
+    sharding = NamedSharding(mesh, BATCH_SPEC)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}

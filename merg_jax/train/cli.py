@@ -1,65 +1,38 @@
-"""`merg-jax train`: the main job.
+"""`merg-jax train`: train a model from a config file.
 
-    merg-jax train --config configs/tiny.py [--config.train.steps=50 ...]
+    merg-jax train --config configs/empatheia_tiny.py [--config.train.steps=50 ...]
+    merg-jax train --config configs/tiny.py
 
-Trains the LLM of the config on the built-in empathetic-dialogue corpus (byte tokenizer), prints progress,
-generates a reply to `config.generate.prompt`, and saves the weights as a Hugging Face LLaMA directory (plus
-the tokenizer, so the reply can be decoded again) in `config.train.output_dir`.
+A config with `stages` trains Empatheia stage by stage on AvaMERG(-mini) (`merg_jax.train.trainer`): orbax
+checkpoints in `config.train.output_dir`, and running the same command again resumes. A config without
+`stages` (configs/tiny.py) trains the LLM backbone alone on the built-in empathetic-dialogue corpus (byte
+tokenizer), prints a generated reply to `config.generate.prompt`, and saves the weights as a Hugging Face LLaMA
+directory (plus the tokenizer) in `config.train.output_dir`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import pathlib
 import sys
 import tempfile
 import time
 
-from merg_jax.config import load_config
-
-log = logging.getLogger("merg_jax")
-
+from merg_jax.config import load_config, split_overrides
+from merg_jax.console import log, setup_logging, usage_error
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="merg-jax train",
-        description="Train the LLM backbone on the built-in corpus, show a generated reply, save the weights.",
+        description="Train Empatheia stage by stage (a config with `stages`), or the LLM backbone alone on the "
+                    "built-in corpus.",
         epilog="Any config value can be overridden: --config.train.steps=20 --config.model.num_layers=2 "
                "--config.train.output_dir=runs/x (also as two arguments: --config.train.steps 20).")
     p.add_argument("--config", default="configs/tiny.py",
                    help="config file (a path, or a name under configs/: tiny, empatheia_7b); default %(default)s")
     p.add_argument("--no-save", action="store_true", help="do not write train.output_dir")
     return p
-
-
-def split_overrides(rest: list[str]) -> list[str]:
-    """`--config.a.b=1` and `--config.a.b 1` → `["config.a.b=1"]`; anything else is an error."""
-    out, i = [], 0
-    while i < len(rest):
-        arg = rest[i]
-        if not arg.startswith("--config."):
-            raise ValueError(f"unrecognised argument {arg!r} (overrides look like --config.train.steps=10)")
-        if "=" in arg:
-            out.append(arg)
-            i += 1
-        elif i + 1 < len(rest):
-            out.append(f"{arg}={rest[i + 1]}")
-            i += 2
-        else:
-            raise ValueError(f"config override {arg!r} has no value")
-    return out
-
-
-def _setup_logging() -> None:
-    if not any(getattr(h, "_merg_cli", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._merg_cli = True
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 def save_run(model, config, output_dir: str | pathlib.Path) -> pathlib.Path:
@@ -108,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"merg-jax train: error: {msg}", file=sys.stderr)
         return 2
-    _setup_logging()
+    setup_logging()
     import jax
 
     from merg_jax.sharding import initialize
@@ -118,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     log.info("merg-jax train | config %s | jax %s on %s", args.config, jax.__version__, jax.default_backend())
+    if "stages" in config:
+        return _train_stages(config, start)
     model, history = train_llm(config)
     first, last = history[0]["loss"], history[-1]["loss"]
     log.info("trained %d steps in %.1f s: loss %.4f -> %.4f", len(history), time.perf_counter() - start, first, last)
@@ -133,6 +108,23 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         out = save_run(model, config, config.train.output_dir)
         log.info("saved the model (Hugging Face LLaMA format) and tokenizer to %s", out)
+    return 0
+
+
+def _train_stages(config, start: float) -> int:
+    from merg_jax.data.avamerg import DataError
+    from merg_jax.train.trainer import TrainingError, train_stages
+
+    try:
+        result = train_stages(config)
+    except (TrainingError, DataError, FileNotFoundError) as e:
+        return usage_error("merg-jax train", e)
+    for stage, row in result.summary.items():
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k in ("loss", "val_loss") or k.endswith("_acc")
+                          or k.endswith("_acc_tf"))
+        log.info("  %-10s %s", stage, shown)
+    log.info("done in %.1f s; the model is in %s (merg-jax eval / respond --checkpoint %s)",
+             time.perf_counter() - start, config.train.output_dir, config.train.output_dir)
     return 0
 
 

@@ -29,7 +29,7 @@ def lm_loss(logits: Float[Array, "B L V"], targets: Int[Array, "B L"],
 
 
 def batch_loss(model: Llm, batch: dict[str, Any], dropout_rng: jax.Array | None = None):
-    out = model.forward(batch["inputs"], positions=batch.get("positions"), segment_ids=batch.get("segment_ids"),
+    out = model.forward(batch["tokens"], positions=batch.get("positions"), segment_ids=batch.get("segment_ids"),
                         dropout_rng=dropout_rng)
     return lm_loss(out.logits, batch["targets"], batch["loss_mask"])
 

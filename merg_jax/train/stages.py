@@ -1,0 +1,206 @@
+"""The training stages of Empatheia, each declared once: what it trains, its loss, and what it reads.
+
+    stage = STAGES["coe"]
+    stage.groups          # parameter groups it trains by default (`param_groups.STAGES`; config.stage.coe.groups)
+    stage.loss(model, batch, rng, targets) -> StageLoss(loss, weight, metrics)
+    stage.batch_keys      # pipeline keys the loss reads;  stage.media: the media groups the pipeline decodes for it
+
+| stage      | trains (default)    | loss                                                                       |
+|------------|---------------------|----------------------------------------------------------------------------|
+| encoders   | encoders            | cross-entropy of each speaker clip's emotion from its audio and video tower |
+| coe        | lora, projections   | L_emp: next-token cross-entropy on the CoE target, media spliced in        |
+| content    | synchronizer        | L_ccl: masked MSE of C^s, C^v to the target encoders' content + lengths     |
+| style      | disentangler        | L_sal: MSE of S^s, S^v to the target encoders' style vectors               |
+| style_cls  | classifiers         | L_cls: cross-entropy on the gold emotion (7, 32) and listener profile      |
+
+`weight` is what the loss averages over (tokens, clips or rows); gradient accumulation weighs micro-batches by it,
+so accumulating the LM loss over micro-batches equals the full batch's loss. The later issues register their
+stages (`speech`, `face_renderer`, `face_motion`) with `register`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float
+
+from merg_jax.models import param_groups
+from merg_jax.models.disentangler import HEADS, classification_loss
+from merg_jax.models.synchronizer import length_loss, masked_mse
+
+Batch = Mapping[str, Any]
+
+TEXT_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions", "media_clip", "media_kind")
+HISTORY_KEYS = ("audio_mel", "audio_len", "audio_mask", "video_frames", "video_len", "video_mask")
+MEDIA_GROUPS = ("audio", "video", "reply_audio", "reply_video")  # the pipeline's optional groups (data.<group>.frames)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class StageLoss:
+    loss: Float[Array, ""]
+    weight: Float[Array, ""]
+    metrics: dict[str, Float[Array, ""]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One training stage. `loss(model, batch, rng, targets)`: rng is a dropout key or None (evaluation); targets
+    the `TargetEncoders` for stages with `needs_targets`, else None. `metric` / `mode`: the validation figure that
+    picks the best checkpoint."""
+
+    name: str
+    loss: Callable[..., StageLoss]
+    batch_keys: tuple[str, ...]
+    media: tuple[str, ...]
+    description: str
+    needs_targets: bool = False
+    metric: str = "val_loss"
+    mode: str = "min"
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return param_groups.STAGES[self.name]
+
+
+def _mean_ce(logits, labels, valid) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(sum of cross-entropies over valid rows, count, correct) — float32."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.maximum(labels, 0))
+    correct = jnp.sum(valid & (jnp.argmax(logits, -1) == labels))
+    return jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(valid).astype(jnp.float32), correct.astype(jnp.float32)
+
+
+def encoders_loss(model, batch: Batch, rng=None, targets=None) -> StageLoss:
+    logits = model.clip_emotion_logits(batch)
+    labels = jnp.asarray(batch["clip_emotion7"])
+    total, count, metrics = jnp.zeros(()), jnp.zeros(()), {}
+    for name, lg in logits.items():
+        valid = (labels >= 0) & jnp.asarray(batch[f"{name}_mask"])
+        s, n, correct = _mean_ce(lg, labels, valid)
+        total, count = total + s, count + n
+        metrics[f"{name}_acc"] = correct / jnp.maximum(n, 1.0)
+    weight = count / len(logits)  # clips; each clip contributes one term per tower
+    return StageLoss(total / jnp.maximum(count, 1.0), weight, metrics)
+
+
+def lm_loss_terms(logits, targets, loss_mask) -> tuple[jax.Array, jax.Array]:
+    """(mean next-token cross-entropy over the masked positions, number of those positions), float32."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    w = jnp.asarray(loss_mask).astype(jnp.float32)
+    n = jnp.sum(w)
+    return jnp.sum(ce * w) / jnp.maximum(n, 1.0), n
+
+
+def emotion_span(tokens, emo_id: int, emo_end_id: int):
+    """True at the positions whose NEXT token is part of the CoE emotion: from `<emo>` up to the token before
+    `</emo>`, i.e. where the model writes the emotion words and the closing tag."""
+    opened = jnp.cumsum(tokens == emo_id, axis=1)
+    closed = jnp.cumsum(tokens == emo_end_id, axis=1)
+    return (opened > closed) & (opened == 1)
+
+
+def teacher_forced_emotion(logits, batch: Batch, emo_id: int, emo_end_id: int) -> tuple[jax.Array, jax.Array]:
+    """(rows whose emotion words are all predicted right given the gold prefix, rows with an emotion): a cheap
+    validation proxy of the emotion accuracy `merg-jax eval` measures on free generation."""
+    span = emotion_span(jnp.asarray(batch["tokens"]), emo_id, emo_end_id) & (jnp.asarray(batch["loss_mask"]) > 0)
+    right = (jnp.argmax(logits, -1) == batch["targets"]) | ~span
+    has = jnp.any(span, axis=1)
+    return jnp.sum(has & jnp.all(right, axis=1)).astype(jnp.float32), jnp.sum(has).astype(jnp.float32)
+
+
+def coe_loss(model, batch: Batch, rng=None, targets=None) -> StageLoss:
+    out, _ = model.run_llm(batch, dropout_rng=rng)
+    loss, n = lm_loss_terms(out.logits, batch["targets"], batch["loss_mask"])
+    metrics = {"num_tokens": n}
+    f = model.cfg.features
+    if f.emo_id >= 0:
+        right, rows = teacher_forced_emotion(out.logits, batch, f.emo_id, f.emo_end_id)
+        metrics["emotion_acc_tf"] = right / jnp.maximum(rows, 1.0)
+    return StageLoss(loss, n, metrics)
+
+
+def _frozen_features(model, batch: Batch):
+    """r^t (and r^s, r^v) of the gold target, the LLM frozen: no gradient flows back into it."""
+    _, features = model.run_llm(batch)
+    return jax.lax.stop_gradient(features)
+
+
+def content_loss(model, batch: Batch, rng=None, targets=None) -> StageLoss:
+    t = targets.content(batch)
+    out = model.synchronizer(_frozen_features(model, batch), speech_lengths=t.speech_len, video_lengths=t.video_len)
+    speech = masked_mse(out.speech, t.speech, out.speech_mask)
+    video = masked_mse(out.video, t.video, out.video_mask)
+    lengths = length_loss(out.speech_length, t.speech_len) + length_loss(out.video_length, t.video_len)
+    rows = jnp.sum((t.speech_len > 0) | (t.video_len > 0)).astype(jnp.float32)
+    return StageLoss(speech + video + 0.1 * lengths, rows,
+                     {"mse_speech": speech, "mse_video": video, "length_loss": lengths})
+
+
+def _row_mse(pred, target, valid) -> tuple[jax.Array, jax.Array]:
+    err = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)
+    n = jnp.sum(valid).astype(jnp.float32)
+    return jnp.sum(jnp.where(valid, err, 0.0)) / jnp.maximum(n, 1.0), n
+
+
+def style_loss(model, batch: Batch, rng=None, targets=None) -> StageLoss:
+    t = targets.style(batch)
+    out = model.disentangler(_frozen_features(model, batch))
+    speech, ns = _row_mse(out.style_speech, t.speech, t.speech_valid)
+    video, nv = _row_mse(out.style_video, t.video, t.video_valid)
+    return StageLoss(speech + video, jnp.maximum(ns, nv), {"mse_speech": speech, "mse_video": video})
+
+
+def style_cls_loss(model, batch: Batch, rng=None, targets=None) -> StageLoss:
+    logits = model.classifiers(model.disentangler(_frozen_features(model, batch)))
+    loss, accuracy = classification_loss(logits, {k: batch[k] for k in HEADS})
+    rows = jnp.sum(jnp.asarray(batch["emotion7"]) >= 0).astype(jnp.float32)
+    return StageLoss(loss, rows, {f"{k}_acc": v for k, v in accuracy.items()})
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def register(stage: Stage) -> Stage:
+    """Adds a stage (the generator issues add theirs); its name must have default groups in `param_groups.STAGES`."""
+    if stage.name not in param_groups.STAGES:
+        raise ValueError(f"stage {stage.name!r} has no default groups in merg_jax.models.param_groups.STAGES")
+    unknown = [m for m in stage.media if m not in MEDIA_GROUPS]
+    if unknown:
+        raise ValueError(f"stage {stage.name!r}: unknown media groups {unknown}; expected some of {MEDIA_GROUPS}")
+    STAGES[stage.name] = stage
+    return stage
+
+
+LABEL_KEYS = tuple(HEADS)
+register(Stage("encoders", encoders_loss, ("clip_emotion7", *HISTORY_KEYS), ("audio", "video"),
+               "the audio and video towers learn each speaker clip's emotion"))
+register(Stage("coe", coe_loss, (*TEXT_KEYS, *HISTORY_KEYS), ("audio", "video"),
+               "L_emp: the LLM writes the Chain of Empathy and the reply", metric="val_loss"))
+register(Stage("content", content_loss, (*TEXT_KEYS, *HISTORY_KEYS), MEDIA_GROUPS,
+               "L_ccl: the Content Synchronizer hits the generators' content encoders", needs_targets=True))
+register(Stage("style", style_loss, (*TEXT_KEYS, *HISTORY_KEYS), MEDIA_GROUPS,
+               "L_sal: the Style Disentangler hits the generators' style encoders", needs_targets=True))
+register(Stage("style_cls", style_cls_loss, (*TEXT_KEYS, *HISTORY_KEYS, *LABEL_KEYS), ("audio", "video"),
+               "L_cls: the emotion and profile classifiers", metric="val_emotion7_acc", mode="max"))
+
+
+def parse_stages(text: str) -> list[Stage]:
+    """`"coe,style_cls"` → the stages, in that order; unknown or repeated names are errors naming the flag."""
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    if not names:
+        raise ValueError("config.stages is empty: name the stages to run, e.g. --config.stages=coe,style_cls")
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ValueError(f"config.stages: unknown stage(s) {unknown}; the stages are {list(STAGES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"config.stages={text!r} names a stage twice")
+    return [STAGES[n] for n in names]
+
+
+__all__ = ["MEDIA_GROUPS", "STAGES", "Stage", "StageLoss", "coe_loss", "content_loss", "encoders_loss",
+           "lm_loss_terms", "parse_stages", "register", "style_cls_loss", "style_loss"]

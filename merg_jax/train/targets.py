@@ -1,0 +1,173 @@
+"""What stages b (`content`, L_ccl) and c (`style`, L_sal) train the Content Synchronizer and Style Disentangler to
+hit: the generators' own encoders applied to the gold reply (DESIGN §1).
+
+    targets = make_targets(config, model.cfg)          # config.targets.kind picks the implementation
+    c = targets.content(batch)   # ContentTargets: C^s targets [B, Ts, Ds] + lengths, C^v targets [B, Tv, Dv] + lengths
+    s = targets.style(batch)     # StyleTargets: S^s targets [B, Ss], S^v targets [B, Sv] + which rows have them
+
+A `TargetEncoders` is any object with `content`, `style` and `batch_keys` (the pipeline keys it reads). The speech
+generator supplies the speech half (its text encoder on the gold reply, its style encoder on the gold speech) and
+the face generator the video half (its audio content encoder on the gold speech, its style encoder on the gold
+video). Until they exist, `ReplyStatisticsTargets` stands in: a real, frozen, deterministic module that turns the
+gold reply's log-mel and frames into features of exactly the generators' shapes — content that follows the speech
+frame by frame, style from its statistics — so the stages, their losses and checkpoints run and learn end to end.
+Its weights are fixed random projections held in `TargetWeight` variables (not `nnx.Param`): no optimiser ever sees
+them, and the same seed rebuilds them bit for bit, so they need no checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class ContentTargets:
+    """L_ccl's targets; features are zero beyond each row's length, and a row without gold media has length 0."""
+
+    speech: Float[Array, "B Ts Ds"]
+    speech_len: Int[Array, "B"]
+    video: Float[Array, "B Tv Dv"]
+    video_len: Int[Array, "B"]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class StyleTargets:
+    """L_sal's targets and which rows have them (gold speech / gold video present)."""
+
+    speech: Float[Array, "B Ss"]
+    speech_valid: Bool[Array, "B"]
+    video: Float[Array, "B Sv"]
+    video_valid: Bool[Array, "B"]
+
+
+class TargetEncoders(Protocol):
+    batch_keys: tuple[str, ...]
+
+    def content(self, batch: Mapping[str, Any]) -> ContentTargets: ...
+
+    def style(self, batch: Mapping[str, Any]) -> StyleTargets: ...
+
+
+class TargetWeight(nnx.Variable):
+    """A frozen weight of a target encoder: not an `nnx.Param`, so no stage's filter or optimiser selects it."""
+
+
+def _masked_mean_std(x: Float[Array, "B T F"], valid: Bool[Array, "B T"]) -> Float[Array, "B 2F"]:
+    w = valid.astype(jnp.float32)[..., None]
+    n = jnp.maximum(jnp.sum(w, axis=1), 1.0)
+    mean = jnp.sum(x * w, axis=1) / n
+    var = jnp.sum(jnp.square(x - mean[:, None]) * w, axis=1) / n
+    return jnp.concatenate([mean, jnp.sqrt(var + 1e-6)], axis=-1)
+
+
+class ReplyStatisticsTargets(nnx.Module):
+    """The stand-in target encoders (see the module docstring), shaped like the generators' encoders.
+
+    speech content: the gold log-mel averaged over windows of `ceil(T_mel / Ts)` frames → a fixed projection →
+      tanh, `[B, Ts, Ds]`, length `ceil(mel_len / window)`;
+    video content: the gold log-mel sampled at the video frame rate → projection → tanh, `[B, Tv, Dv]`, length
+      the gold video's frames (or the speech's duration in frames when the video is missing);
+    speech style: mean and standard deviation of the gold log-mel over time → projection → tanh, `[B, Ss]`;
+    video style: mean and standard deviation over the valid frames of the gold video pooled to 8×8 grey →
+      projection → tanh, `[B, Sv]`.
+    """
+
+    batch_keys = ("reply_mel", "reply_mel_len", "reply_audio_mask", "reply_frames", "reply_frames_len",
+                  "reply_video_mask")
+
+    def __init__(self, *, n_mels: int, mel_fps: float, video_fps: float, speech_content: tuple[int, int],
+                 video_content: tuple[int, int], speech_style_dim: int, video_style_dim: int, seed: int = 0):
+        self.mel_fps, self.video_fps = float(mel_fps), float(video_fps)
+        self.speech_len, speech_dim = speech_content
+        self.video_len, video_dim = video_content
+        keys = jax.random.split(jax.random.key(seed), 4)
+
+        def weight(key, n_in, n_out):
+            return TargetWeight(jax.random.normal(key, (n_in, n_out), jnp.float32) * (2.0 / n_in) ** 0.5)
+
+        self.speech_content_w = weight(keys[0], n_mels, speech_dim)
+        self.video_content_w = weight(keys[1], n_mels, video_dim)
+        self.speech_style_w = weight(keys[2], 2 * n_mels, speech_style_dim)
+        self.video_style_w = weight(keys[3], 2 * 64, video_style_dim)
+
+    @classmethod
+    def from_config(cls, config, model_cfg) -> ReplyStatisticsTargets:
+        ra, rv = config.data.reply_audio, config.data.reply_video
+        sync, dis = model_cfg.synchronizer, model_cfg.disentangler
+        return cls(n_mels=int(ra.n_mels), mel_fps=float(ra.sample_rate) / float(ra.hop), video_fps=float(rv.fps),
+                   speech_content=(sync.speech_content_len, sync.speech_content_dim),
+                   video_content=(sync.video_content_len, sync.video_content_dim),
+                   speech_style_dim=dis.speech_style_dim, video_style_dim=dis.video_style_dim,
+                   seed=int(config.targets.get("seed", 0)))
+
+    def content(self, batch: Mapping[str, Any]) -> ContentTargets:
+        mel = jnp.asarray(batch["reply_mel"], jnp.float32)
+        b, t, m = mel.shape
+        has_speech = jnp.asarray(batch["reply_audio_mask"])
+        mel_len = jnp.where(has_speech, batch["reply_mel_len"], 0)
+        frame_ok = jnp.arange(t)[None] < mel_len[:, None]
+        # Speech content: window means, one per target position.
+        window = math.ceil(t / self.speech_len)
+        pad = window * self.speech_len - t
+        x = jnp.pad(jnp.where(frame_ok[..., None], mel, 0.0), ((0, 0), (0, pad), (0, 0)))
+        w = jnp.pad(frame_ok.astype(jnp.float32), ((0, 0), (0, pad)))
+        sums = x.reshape(b, self.speech_len, window, m).sum(2)
+        counts = w.reshape(b, self.speech_len, window).sum(2)
+        pooled = sums / jnp.maximum(counts, 1.0)[..., None]
+        speech_len = jnp.minimum((mel_len + window - 1) // window, self.speech_len)
+        speech = jnp.tanh(pooled @ self.speech_content_w[...])
+        speech = jnp.where((jnp.arange(self.speech_len)[None] < speech_len[:, None])[..., None], speech, 0.0)
+        # Video content: the speech at each video frame's time.
+        frame = jnp.arange(self.video_len)
+        at = jnp.clip(jnp.round(frame * self.mel_fps / self.video_fps).astype(jnp.int32), 0, t - 1)
+        from_speech = jnp.round(mel_len * self.video_fps / self.mel_fps).astype(jnp.int32)
+        if "reply_frames_len" in batch:
+            has_video = jnp.asarray(batch["reply_video_mask"])
+            video_len = jnp.where(has_video, batch["reply_frames_len"], from_speech)
+        else:
+            video_len = from_speech
+        video_len = jnp.where(has_speech, jnp.minimum(video_len, self.video_len), 0)
+        video = jnp.tanh(mel[:, at] @ self.video_content_w[...])
+        video = jnp.where((frame[None] < video_len[:, None])[..., None], video, 0.0)
+        return ContentTargets(speech=speech, speech_len=speech_len.astype(jnp.int32), video=video,
+                              video_len=video_len.astype(jnp.int32))
+
+    def style(self, batch: Mapping[str, Any]) -> StyleTargets:
+        mel = jnp.asarray(batch["reply_mel"], jnp.float32)
+        has_speech = jnp.asarray(batch["reply_audio_mask"])
+        frame_ok = jnp.arange(mel.shape[1])[None] < batch["reply_mel_len"][:, None]
+        speech = jnp.tanh(_masked_mean_std(mel, frame_ok) @ self.speech_style_w[...])
+        frames = jnp.asarray(batch["reply_frames"], jnp.float32) / 255.0  # [B, F, S, S, 3]
+        b, f, s = frames.shape[:3]
+        grey = frames.mean(-1)
+        k = s // 8
+        grey = grey[:, :, :8 * k, :8 * k].reshape(b, f, 8, k, 8, k).mean((3, 5)).reshape(b, f, 64)
+        frame_ok = jnp.arange(f)[None] < batch["reply_frames_len"][:, None]
+        video = jnp.tanh(_masked_mean_std(grey, frame_ok) @ self.video_style_w[...])
+        return StyleTargets(speech=speech, speech_valid=has_speech, video=video,
+                            video_valid=jnp.asarray(batch["reply_video_mask"]))
+
+
+TARGET_KINDS = {"reply_statistics": ReplyStatisticsTargets}
+
+
+def make_targets(config, model_cfg) -> TargetEncoders:
+    """The target encoders `config.targets.kind` names (the speech and face issues register theirs here)."""
+    kind = str(config.targets.kind)
+    if kind not in TARGET_KINDS:
+        raise ValueError(f"config.targets.kind={kind!r}: expected one of {sorted(TARGET_KINDS)}")
+    return TARGET_KINDS[kind].from_config(config, model_cfg)
+
+
+__all__ = ["ContentTargets", "ReplyStatisticsTargets", "StyleTargets", "TARGET_KINDS", "TargetEncoders",
+           "TargetWeight", "make_targets"]
