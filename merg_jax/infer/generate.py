@@ -40,7 +40,8 @@ class GenerateOutput:
 
 def generate(model: Llm, prompt_tokens, max_new_tokens: int, *, prompt_mask=None, pad_id: int = 0,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
-             rng: jax.Array | int | None = None, max_length: int | None = None) -> Int[Array, "B N"]:
+             rng: jax.Array | int | None = None, max_length: int | None = None, prompt_embeddings=None,
+             prompt_span_ids=None) -> Int[Array, "B N"]:
     """Generates `max_new_tokens` tokens after each (left-padded) prompt; returns them, `[B, max_new_tokens]`.
 
     prompt_tokens: `[B, P]` int, left-padded. prompt_mask: `[B, P]`, 1 on real tokens (default: all ones).
@@ -48,18 +49,22 @@ def generate(model: Llm, prompt_tokens, max_new_tokens: int, *, prompt_mask=None
     top_k (0 = off) and top_p (1.0 = off), in that order. stop_tokens: ids that end a row (kept in the output).
     rng: a `jax.random` key (or an int seed), required when sampling. max_length: the KV cache length (default
     `P + max_new_tokens`, the least that fits); a larger fixed value avoids recompiling for every prompt length.
+    prompt_embeddings: `[B, P, D]` input embeddings to prefill instead of the prompt tokens' (a multimodal prompt
+    with media spliced in, `Empatheia.embed_inputs`); prompt_span_ids `[B, P]` their media span ids (0: none).
 
     `generate_with_info` returns the per-row lengths and the number of decoded steps as well.
     """
     return generate_with_info(model, prompt_tokens, max_new_tokens, prompt_mask=prompt_mask, pad_id=pad_id,
                               temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=stop_tokens, rng=rng,
-                              max_length=max_length).tokens
+                              max_length=max_length, prompt_embeddings=prompt_embeddings,
+                              prompt_span_ids=prompt_span_ids).tokens
 
 
 def generate_with_info(model: Llm, prompt_tokens, max_new_tokens: int, *, prompt_mask=None, pad_id: int = 0,
                        temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                        stop_tokens: Sequence[int] = (), rng: jax.Array | int | None = None,
-                       max_length: int | None = None) -> GenerateOutput:
+                       max_length: int | None = None, prompt_embeddings=None,
+                       prompt_span_ids=None) -> GenerateOutput:
     """`generate`, returning a `GenerateOutput` (tokens, lengths, num_steps)."""
     if not isinstance(model, Llm):
         raise TypeError(f"generate: model must be a merg_jax.models.Llm, got {type(model).__name__}")
@@ -106,10 +111,20 @@ def generate_with_info(model: Llm, prompt_tokens, max_new_tokens: int, *, prompt
         raise ValueError(f"max_length={max_length} is too short for a prompt of length {plen} plus "
                          f"max_new_tokens={max_new_tokens} (needs >= {needed})")
 
+    if prompt_embeddings is not None:
+        want = (batch, plen, cfg.hidden_size)
+        if tuple(prompt_embeddings.shape) != want:
+            raise ValueError(f"prompt_embeddings has shape {tuple(prompt_embeddings.shape)}, expected {want}")
+        if prompt_span_ids is None:
+            prompt_span_ids = jnp.zeros((batch, plen), jnp.int32)
+        elif tuple(prompt_span_ids.shape) != (batch, plen):
+            raise ValueError(f"prompt_span_ids has shape {tuple(prompt_span_ids.shape)}, expected {(batch, plen)}")
+
     graphdef, state = nnx.split(model)
     out_tokens, lengths, steps = _generate_jit(
         graphdef, state, tokens, mask, jnp.asarray(stops, jnp.int32), jnp.asarray(pad_id, jnp.int32), rng,
-        max_new_tokens=max_new_tokens, max_length=int(max_length), sampling=sampling)
+        prompt_embeddings, prompt_span_ids, max_new_tokens=max_new_tokens, max_length=int(max_length),
+        sampling=sampling)
     return GenerateOutput(tokens=out_tokens, lengths=lengths, num_steps=steps)
 
 
@@ -154,14 +169,19 @@ def _check_token_range(tokens: jax.Array, mask: jax.Array, vocab_size: int) -> N
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "max_length", "sampling"))
-def _generate_jit(graphdef, state, tokens, mask, stops, pad_id, rng, *, max_new_tokens: int, max_length: int,
-                  sampling: SamplingConfig):
+def _generate_jit(graphdef, state, tokens, mask, stops, pad_id, rng, embeddings, span_ids, *, max_new_tokens: int,
+                  max_length: int, sampling: SamplingConfig):
     model = nnx.merge(graphdef, state)
     batch, _ = tokens.shape
     tokens = jnp.where(mask == 1, tokens, 0)  # padding ids may be anything; keep the embedding lookup valid
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
     cache = KVCache.init(model.cfg, batch, max_length)
-    logits, cache = model(tokens, positions=positions, segment_ids=mask, cache=cache)
+    if embeddings is None:
+        logits, cache = model(tokens, positions=positions, segment_ids=mask, cache=cache)
+    else:
+        out = model.forward(embeddings=embeddings, positions=positions, segment_ids=mask, span_ids=span_ids,
+                            cache=cache)
+        logits, cache = out.logits, out.cache
 
     def is_stop(tok):
         return jnp.any(tok[:, None] == stops[None, :], axis=-1)

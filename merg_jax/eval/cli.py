@@ -1,0 +1,84 @@
+"""`merg-jax eval`: answer every turn of a split and score the replies with the paper's metrics.
+
+    merg-jax eval --checkpoint DIR --data DIR [--split test] --out FILE.json [--ablate audio,video]
+                  [--submission DIR] [--limit N] [--with-ablation]
+
+DIR of --checkpoint: a training output directory or an exported bundle. Writes FILE.json (metrics),
+FILE.predictions.jsonl (every turn: gold and generated fields) and FILE.md (our figures beside the paper's), and
+prints the table. --with-ablation also runs the split with audio and video blanked and puts those figures in the
+table's ablation column. --submission DIR writes the MERG challenge submission (docs/submission.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+PROG = "merg-jax eval"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="training output directory or bundle")
+    p.add_argument("--data", required=True, help="dataset root (AvaMERG layout)")
+    p.add_argument("--split", default="test", help="split to answer (%(default)s)")
+    p.add_argument("--out", required=True, help="metrics JSON file to write")
+    p.add_argument("--ablate", default="", help="modalities to blank: audio, video or audio,video")
+    p.add_argument("--with-ablation", action="store_true",
+                   help="also evaluate with audio and video blanked, for the table's ablation column")
+    p.add_argument("--submission", default=None, help="write the MERG challenge submission into this directory")
+    p.add_argument("--limit", type=int, default=None, help="answer only the first N turns")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _modalities(text: str) -> tuple[str, ...]:
+    out = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in out if m not in ("audio", "video")]
+    if bad:
+        raise ValueError(f"--ablate {text!r}: expected audio, video or audio,video")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from merg_jax.console import setup_logging, usage_error
+
+    setup_logging()
+    log = logging.getLogger("merg_jax")
+    try:
+        ablate = _modalities(args.ablate)
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit {args.limit}: must be >= 1")
+        from merg_jax.eval.evaluate import evaluate, submission_rows, write_outputs
+        from merg_jax.infer.bundle import load_model
+
+        loaded = load_model(args.checkpoint)
+        log.info("model: %s", loaded.source)
+        result = evaluate(loaded, args.data, args.split, ablate=ablate, limit=args.limit, progress=not args.quiet,
+                          emit=log.info)
+        ablation = None
+        if args.with_ablation:
+            ablation = evaluate(loaded, args.data, args.split, ablate=("audio", "video"), limit=args.limit,
+                                progress=not args.quiet, emit=log.info).metrics
+            result.metrics["ablation_audio_video"] = ablation
+        m = result.metrics
+        dataset = f"{args.data} ({args.split} split, {m['num_turns']} turns)"
+        out, preds, table = write_outputs(result, args.out, ablation=ablation, dataset=dataset)
+        print(table)
+        log.info("wrote %s, %s and %s", out, preds, out.with_suffix(".md"))
+        if args.submission:
+            from merg_jax.eval.submission import build_submission, validate_submission, write_submission
+
+            path = write_submission(args.submission, build_submission(submission_rows(result.rows)))
+            validate_submission(path, media_dir=args.submission)
+            log.info("wrote the challenge submission %s", path)
+    except (ValueError, FileNotFoundError, FileExistsError, OSError) as e:
+        return usage_error(PROG, e)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""`respond`: a trained Empatheia answers one dialogue turn — the Chain of Empathy, the reply, and the features its
+voice and face are made from.
+
+    from merg_jax import respond
+    reply = respond("runs/empatheia_tiny", "dialogue.json", out="runs/reply")   # writes runs/reply/reply.json
+    reply["emotion"], reply["response"], reply["chain_of_empathy"]
+
+    merg-jax respond --checkpoint DIR --dialogue FILE.json [--turn N] [--conversation ID] [--media-root DIR] --out DIR
+
+The dialogue is one conversation in the AvaMERG JSON schema (DESIGN §2), or a file holding a list of them (the
+first is answered, or the one `conversation` names). The turn answered is `turn` (its `turn_id`), by default the
+last; its `response` may be absent. Media are optional per utterance: `dia{conversation_id}utt{n}.wav` / `.mp4`
+under `media_root` (default: the dialogue file's folder); a missing one makes that clip text only, and is reported.
+
+`reply.json`:
+    {"conversation_id", "turn_id",
+     "chain_of_empathy": {"speaker_emotion", "event_scenario", "emotion_cause", "goal_to_response"},
+     "emotion": the speaker's emotion as the model wrote it, "emotion7": that emotion among the 7 multimodal ones,
+     "response": the reply, "listener_profile": {"age", "gender", "timbre", "ID"} (the voice and face it speaks
+     with), "classifier": the Style Disentangler classifiers' labels, "coe_valid", "text": the raw generation,
+     "missing_media": [the media files that were not found]}
+
+A `Responder` keeps the model and its compiled programs, so answering again compiles nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from merg_jax.infer.bundle import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+
+class RespondError(ValueError):
+    """Bad input to respond: the message names the file and the field or flag."""
+
+
+def _select(split, dialogue, conversation: str | None, turn: str | int | None):
+    if not split.conversations:
+        raise RespondError(f"{dialogue}: no conversation to answer")
+    if conversation is None:
+        conv = split.conversations[0]
+    else:
+        matches = [c for c in split.conversations if c.conversation_id == str(conversation)]
+        if not matches:
+            ids = [c.conversation_id for c in split.conversations][:10]
+            raise RespondError(f"{dialogue}: --conversation {conversation}: no such conversation_id (the file has "
+                               f"{ids})")
+        conv = matches[0]
+    if turn is None:
+        return conv, conv.turns[-1]
+    matches = [t for t in conv.turns if t.turn_id == str(turn)]
+    if not matches:
+        raise RespondError(f"{dialogue}: --turn {turn}: conversation {conv.conversation_id} has no turn with that "
+                           f"turn_id (it has {[t.turn_id for t in conv.turns]})")
+    return conv, matches[0]
+
+
+def read_turn(dialogue: str | os.PathLike, *, turn: str | int | None = None, conversation: str | None = None,
+              media_root: str | os.PathLike | None = None, check_media: str = "exists"):
+    """(split, conversation, turn) to answer from a dialogue file; `RespondError` naming the file and the field or
+    flag when there is none (no model is needed to find out)."""
+    from merg_jax.data.avamerg import DataError, read_dialogue_file
+
+    try:
+        split = read_dialogue_file(dialogue, media_root=media_root, check_media=check_media)
+    except DataError as e:
+        raise RespondError(str(e)) from None
+    conv, chosen = _select(split, dialogue, conversation, turn)
+    if not chosen.history:
+        raise RespondError(f"{dialogue}: conversation {conv.conversation_id} turn {chosen.turn_id}: field "
+                           "'dialogue_history' is empty: there is nothing to answer")
+    return split, conv, chosen
+
+
+class Responder:
+    """A loaded model ready to answer (see the module docstring)."""
+
+    def __init__(self, loaded: LoadedModel):
+        from merg_jax.data.pipeline import PipelineSettings
+        from merg_jax.eval.evaluate import eval_config
+        from merg_jax.infer.reply import ReplyGenerator
+
+        self.loaded = loaded
+        config = eval_config(loaded.config, loaded.config.data.root)
+        self.spec = dataclasses.replace(PipelineSettings.from_config(config).spec, prompt_only=True,
+                                        missing_media="mask")
+        g = loaded.config.generate
+        self.generator = ReplyGenerator(loaded.model, loaded.tokenizer, max_new_tokens=int(g.max_new_tokens),
+                                        temperature=float(g.temperature), top_k=int(g.top_k), top_p=float(g.top_p),
+                                        seed=int(g.get("seed", 0)))
+
+    def __call__(self, dialogue: str | os.PathLike, *, turn: str | int | None = None, conversation: str | None = None,
+                 media_root: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> dict[str, Any]:
+        from merg_jax.data.avamerg import DIALOGUE_MEDIA_TEMPLATES
+        from merg_jax.data.pipeline_features import BadSample, make_example
+        from merg_jax.data.pipeline_records import turn_record
+
+        split, conv, chosen = read_turn(dialogue, turn=turn, conversation=conversation, media_root=media_root)
+        missing = [str(split.root / DIALOGUE_MEDIA_TEMPLATES[kind].format(conversation_id=conv.conversation_id,
+                                                                           n=u.number))
+                   for u in chosen.history for kind in ("audio", "video") if getattr(u, kind) is None]
+        for path in missing:
+            log.warning("respond: %s is missing or unreadable: that clip is text only", path)
+        record = turn_record(chosen, split.root, 0)
+        try:
+            row = make_example(record, self.loaded.tokenizer, self.spec, str(split.root))
+        except BadSample as e:
+            raise RespondError(f"{e.path}: {e.message}") from None
+        batch = {k: np.asarray(v)[None] for k, v in row.items()}
+        reply = self.generator(batch)[0]
+        listener = chosen.listener_profile
+        result = {
+            "conversation_id": conv.conversation_id, "turn_id": chosen.turn_id,
+            "chain_of_empathy": {"speaker_emotion": reply.fields["emotion"],
+                                 "event_scenario": reply.fields["event_scenario"],
+                                 "emotion_cause": reply.fields["emotion_cause"],
+                                 "goal_to_response": reply.fields["goal_to_response"]},
+            "emotion": reply.emotion32 or reply.emotion7 or reply.classifier["emotion32"],
+            "emotion7": reply.emotion7 or reply.classifier["emotion7"],
+            "response": reply.response,
+            "listener_profile": {"age": listener.age, "gender": listener.gender, "timbre": listener.timbre,
+                                 "ID": listener.avatar_id},
+            "classifier": reply.classifier, "coe_valid": reply.valid, "text": reply.text, "missing_media": missing,
+        }
+        if out is not None:
+            out = pathlib.Path(out)
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = out / ".reply.json.tmp"
+            tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            os.replace(tmp, out / "reply.json")
+        return result
+
+
+def respond(checkpoint: str | os.PathLike | LoadedModel, dialogue: str | os.PathLike, *,
+            turn: str | int | None = None, conversation: str | None = None,
+            media_root: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Answers one turn (see the module docstring); `checkpoint`: a training output dir, a bundle or a
+    `LoadedModel`. Returns reply.json's content (and writes it into `out` when given)."""
+    loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint)
+    return Responder(loaded)(dialogue, turn=turn, conversation=conversation, media_root=media_root, out=out)
+
+
+__all__ = ["RespondError", "Responder", "read_turn", "respond"]

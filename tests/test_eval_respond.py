@@ -1,0 +1,159 @@
+"""`merg-jax eval`, `merg-jax respond` and `merg-jax export` on a (briefly) trained tiny Empatheia: the metrics file,
+the submission, Dist-n against an independent count, replies to a hand-written dialogue, one-line errors for
+malformed input, and bundles that hold exactly the trained parameters."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from merg_jax.cli import main
+from merg_jax.data.avamerg import read_split
+from merg_jax.eval.submission import validate_submission
+from merg_jax.infer import generate
+from merg_jax.infer.bundle import load_model
+from merg_jax.infer.reply import emotion_labels, left_pad_prompts
+from merg_jax.labels import EMOTIONS_7, EMOTIONS_32
+from merg_jax.models import Llm
+from tests.llm_testing import tiny_config
+
+HAND_WRITTEN = {
+    "conversation_id": "hand1",
+    "speaker_profile": {"age": "young", "gender": "female", "timbre": "mid", "ID": 3},
+    "listener_profile": {"age": "middle-aged", "gender": "male", "timbre": "low", "ID": 40},
+    "topic": "Life Events",
+    "turns": [{"turn_id": "0", "dialogue_history": [
+        {"index": 0, "role": "speaker", "utterance": "I failed my driving test this morning and I feel awful."}]}],
+}
+
+
+def test_generation_from_embeddings_equals_generation_from_tokens():
+    model = Llm(tiny_config(), rngs=nnx.Rngs(0))
+    tokens = np.asarray([[0, 0, 5, 9, 3, 7], [4, 8, 2, 6, 1, 9]], np.int32)
+    mask = np.asarray([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], np.int32)
+    plain = generate(model, tokens, 8, prompt_mask=mask)
+    emb = model.embed_tokens(jnp.asarray(tokens))
+    via = generate(model, tokens, 8, prompt_mask=mask, prompt_embeddings=emb)
+    np.testing.assert_array_equal(np.asarray(plain), np.asarray(via))
+    with pytest.raises(ValueError, match="prompt_embeddings has shape"):
+        generate(model, tokens, 8, prompt_mask=mask, prompt_embeddings=emb[:, 1:])
+
+
+def test_left_padding_and_emotion_labels():
+    batch = {"tokens": np.asarray([[1, 2, 3, 0], [4, 0, 0, 0]]), "segment_ids": np.asarray([[1, 1, 1, 0], [1, 0, 0, 0]]),
+             "media_kind": np.asarray([[0, 1, 0, 0], [0, 0, 0, 0]]), "media_clip": np.asarray([[-1, 0, -1, -1]] * 2)}
+    left, n = left_pad_prompts(batch)
+    assert left["tokens"].tolist() == [[0, 1, 2, 3], [0, 0, 0, 4]] and n.tolist() == [3, 1]
+    assert left["mask"].tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]] and left["media_kind"][0].tolist() == [0, 0, 1, 0]
+    assert emotion_labels(" Afraid ") == ("fear", "afraid") and emotion_labels("sad") == ("sad", "sad")
+    assert emotion_labels("terrified") == (None, "terrified")  # an ED label outside the 7 multimodal ones
+    assert emotion_labels("bored") == (None, None) and emotion_labels(None) == (None, None)
+
+
+# ---------------------------------------------------------------------------------------------------------- eval
+
+
+def _distinct(texts, n):
+    """Dist-n counted here: the paper's regex tokens, n-grams within each reply, pooled."""
+    grams = [tuple(t[i:i + n]) for text in texts for t in [re.findall(r"\w+|[^\w\s]", text.lower())]
+             for i in range(len(t) - n + 1)]
+    return 100.0 * len(set(grams)) / len(grams) if grams else 0.0
+
+
+def test_eval_writes_metrics_a_table_and_a_valid_submission(trained_run, mini_root, tmp_path, capsys):
+    out, _ = trained_run
+    rc = main(["eval", "--checkpoint", str(out), "--data", str(mini_root), "--split", "test", "--out",
+               str(tmp_path / "m.json"), "--submission", str(tmp_path / "sub"), "--with-ablation", "--quiet"])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "48.51" in table and "| Ours" in table
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    turns = read_split(mini_root, "test", check_media="none").turns
+    assert metrics["num_turns"] == len(turns)
+    for key in ("emotion_acc", "emotion_acc_32", "cls_emotion_acc", "coe_valid", "dist1", "dist2", "bleu1", "bleu2",
+                "bleu4", "rougeL", "emotion_acc_neutral_text", "ablation_audio_video"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["coe_valid"] <= 1.0 and 0.0 <= metrics["cls_emotion_acc"] <= 1.0
+    rows = [json.loads(line) for line in (tmp_path / "m.predictions.jsonl").read_text().splitlines()]
+    assert [r["sample_index"] for r in rows] == list(range(len(turns)))
+    assert metrics["num_neutral_text_turns"] == sum(r["neutral_text"] for r in rows)
+    validate_submission(tmp_path / "sub", media_dir=tmp_path / "sub")
+    submission = json.loads((tmp_path / "sub" / "submission.json").read_text())
+    responses = [t["response"] for c in submission for t in c["turns"]]
+    assert len(responses) == len(turns)
+    assert metrics["dist1"] == pytest.approx(_distinct(responses, 1), abs=1e-9)
+    assert metrics["dist2"] == pytest.approx(_distinct(responses, 2), abs=1e-9)
+    # The ablation blanks the clips: the model then sees the placeholders only, so (with this model) other words.
+    assert metrics["ablation_audio_video"]["ablate"] == ["audio", "video"]
+    assert main(["eval", "--checkpoint", str(out), "--data", str(mini_root), "--out", str(tmp_path / "x.json"),
+                 "--ablate", "smell"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------- respond
+
+
+def test_respond_answers_a_hand_written_dialogue(trained_run, tmp_path, capsys):
+    import merg_jax
+
+    out, _ = trained_run
+    path = tmp_path / "dialogue.json"
+    path.write_text(json.dumps(HAND_WRITTEN))
+    assert main(["respond", "--checkpoint", str(out), "--dialogue", str(path), "--out", str(tmp_path / "r")]) == 0
+    reply = json.loads((tmp_path / "r" / "reply.json").read_text())
+    assert set(reply["chain_of_empathy"]) == {"speaker_emotion", "event_scenario", "emotion_cause",
+                                              "goal_to_response"}
+    assert reply["emotion"] in EMOTIONS_32 + EMOTIONS_7 and reply["emotion7"] in EMOTIONS_7
+    assert reply["listener_profile"] == {"age": "middle-aged", "gender": "male", "timbre": "low", "ID": 40}
+    assert isinstance(reply["response"], str) and reply["text"]
+    assert sorted(reply["missing_media"]) == sorted(str(tmp_path / f"diahand1utt1.{e}") for e in ("wav", "mp4"))
+    assert "text only" in capsys.readouterr().out
+    again = merg_jax.respond(str(out), path)  # the Python API, greedy: the same answer
+    assert again["text"] == reply["text"] and again["emotion"] == reply["emotion"]
+
+
+@pytest.mark.parametrize("content, flags, message", [
+    ("{not json", [], "not valid JSON"),
+    (json.dumps({**HAND_WRITTEN, "conversation_id": None}), [], "conversation_id"),
+    (json.dumps({**HAND_WRITTEN, "turns": [{"turn_id": "0", "dialogue_history": "hello"}]}), [],
+     "dialogue_history"),
+    (json.dumps(HAND_WRITTEN), ["--turn", "7"], "--turn 7"),
+    (json.dumps([HAND_WRITTEN]), ["--conversation", "nope"], "--conversation nope"),
+    (json.dumps({**HAND_WRITTEN, "turns": [{"turn_id": "0", "dialogue_history": []}]}), [], "dialogue_history"),
+])
+def test_respond_rejects_malformed_input_in_one_line(trained_run, tmp_path, capsys, content, flags, message):
+    out, _ = trained_run
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    rc = main(["respond", "--checkpoint", str(out), "--dialogue", str(path), "--out", str(tmp_path / "r"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert message in err and str(path) in err
+    assert not (tmp_path / "r" / "reply.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------- export
+
+
+def test_export_bundles_hold_the_trained_parameters(trained_run, tmp_path):
+    out, _ = trained_run
+    trained = load_model(out)
+    want = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(trained.model))}
+    for dtype in ("float32", "bfloat16"):
+        bundle = tmp_path / dtype
+        assert main(["export", "--checkpoint", str(out), "--out", str(bundle), "--dtype", dtype]) == 0
+        assert not (bundle / "opt").exists() and (bundle / "params.safetensors").exists()
+        loaded = load_model(bundle)
+        got = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(loaded.model))}
+        assert got.keys() == want.keys()
+        for k in want:
+            if dtype == "float32":
+                np.testing.assert_array_equal(got[k], want[k], err_msg=str(k))
+            else:  # bfloat16 keeps 8 bits of mantissa
+                np.testing.assert_allclose(got[k], want[k], rtol=2 ** -7, atol=1e-30, err_msg=str(k))
+    assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "float32")]) == 2  # exists
+    assert main(["export", "--checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b")]) == 2
