@@ -1,7 +1,8 @@
 """Empatheia in miniature, trained from scratch on AvaMERG-mini on 2 CPU cores, every part included: the tokenizer
 (trained first when `data.tokenizer` does not exist), the audio and video towers (`encoders`: each speaker clip's
-emotion), the LLM writing the Chain of Empathy (`coe`), the Content Synchronizer (`content`), the Style
-Disentangler (`style`) and its classifiers (`style_cls`).
+emotion), the LLM writing the Chain of Empathy (`coe`), the speech generator (`speech`), the Content Synchronizer
+(`content`: C^s against the speech generator's content encoder), the Style Disentangler (`style`: S^s against its
+style encoder) and its classifiers (`style_cls`), in the paper's order.
 
 Run (docs/results.md gives the dataset size and the figures this budget reaches):
     merg-jax make-data --out data/avamerg_mini --dialogues 600
@@ -16,7 +17,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.stages = "encoders,coe,content,style,style_cls"
+    c.stages = "encoders,coe,speech,content,style,style_cls"
     c.model = ml_collections.ConfigDict(dict(
         vocab_size=2048,  # >= the trained tokenizer's (data.tokenizer_vocab_size)
         hidden_size=128, intermediate_size=344, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
@@ -39,10 +40,14 @@ def get_config() -> ml_collections.ConfigDict:
         coe=dict(steps=900, learning_rate=3e-3, groups="llm_base,projections", eval_every=450),
         content=dict(steps=100, learning_rate=2e-3),
         style=dict(steps=100, learning_rate=2e-3),
-        style_cls=dict(steps=150, learning_rate=3e-3)))
+        style_cls=dict(steps=150, learning_rate=3e-3),
+        # The speech generator from scratch: acoustic model and vocoder (one utterance per row).
+        speech=dict(steps=1500, learning_rate=2e-3, batch_size=8, log_every=50)))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=200, keep=2, async_save=True))
     # What `content` and `style` train the CS and SD to hit (merg_jax/train/targets.py).
-    c.targets = ml_collections.ConfigDict(dict(kind="reply_statistics", seed=0))
+    # "generators": C^s/S^s targets from the speech generator; the video half from reply statistics until the face
+    # generator exists.
+    c.targets = ml_collections.ConfigDict(dict(kind="generators", seed=0))
     # The AvaMERG input pipeline (merg_jax/data/pipeline.py documents every key and the batch it makes). Small
     # features so a CPU keeps up: 40 mels at 50 frames/s (6.4 s per clip), 2 fps 32x32 history video, 25 fps
     # 64x64 reply video; decoded features are cached in memory (feature_cache_mb).
@@ -52,7 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
         seq_len=0, batch_size=0, max_clips=6, chain=True, media_tokens=True, pack_segments=0, system_prompt="",
         audio=ml_collections.ConfigDict(dict(sample_rate=16000, n_fft=640, hop=320, n_mels=40, frames=320)),
         video=ml_collections.ConfigDict(dict(fps=2.0, size=32, frames=12, crop=0.75)),  # zoomed on the face
-        reply_audio=ml_collections.ConfigDict(dict(sample_rate=16000, n_fft=640, hop=320, n_mels=40, frames=320)),
+        # the gold reply's speech as the speech generator hears it (empatheia.speech): its style is S^s's target
+        reply_audio=ml_collections.ConfigDict(dict(sample_rate=16000, n_fft=1024, hop=256, n_mels=80, frames=800,
+                                                   power=1.0, fmax=8000.0)),
         reply_video=ml_collections.ConfigDict(dict(fps=25.0, size=64, frames=160)),
         missing_media="skip", check_media="exists", shuffle=True, seed=0, num_epochs=0,
         workers=2,  # decoding processes; the disk cache below makes every file's decode a one-off
@@ -70,9 +77,14 @@ def get_config() -> ml_collections.ConfigDict:
         projection=dict(kind="linear", num_tokens=1),
         features=dict(source="reply_span", reply_len=48, num_signal_tokens=4),
         synchronizer=dict(hidden_size=64, intermediate_size=128, num_heads=4, encoder_layers=1, decoder_layers=1,
-                          speech_content_dim=32, speech_content_len=64, video_content_dim=32, video_content_len=160),
+                          speech_content_dim=64, speech_content_len=256, video_content_dim=32, video_content_len=160),
         disentangler=dict(hidden_size=64, intermediate_size=128, num_heads=4, encoder_layers=1, decoder_layers=1,
-                          speech_style_dim=32, video_style_dim=32)))
+                          speech_style_dim=32, video_style_dim=32),
+        # the speech generator (merg_jax/models/speech): 16 kHz, 80 mels at 62.5 frames/s, espeak-ng phonemes
+        speech=dict(sample_rate=16000, n_fft=1024, hop=256, n_mels=80, fmin=0.0, fmax=8000.0, symbols="auto",
+                    dim=128, content_dim=64, content_layers=4, style_dim=32, style_layers=4, prosody_layers=3,
+                    decoder_layers=6, kernel_size=5, max_tokens=256, max_frames=800, vocoder="istft",
+                    vocoder_dim=192, vocoder_layers=6, vocoder_segment=32)))
     c.generate = ml_collections.ConfigDict(dict(max_new_tokens=170, temperature=0.0, top_k=0, top_p=1.0, seed=0,
                                                 batch_size=16))
     return c

@@ -224,9 +224,10 @@ def test_frozen_groups_get_exactly_zero_updates(model):
     batch = _jnp(tiny_batch(model.cfg))
     params = nnx.state(model, nnx.Param)
     labels = group_labels(params)
-    assert set(jax.tree.leaves(labels)) == set(GROUPS)
+    present = [g for g in GROUPS if g != "speech"]  # this model has no speech generator (test_speech_stage has)
+    assert model.speech is None and set(jax.tree.leaves(labels)) == set(present)
     full = nnx.jit(nnx.grad(_loss))(model, batch)  # every parameter's gradient, frozen ones included
-    for group in GROUPS:
+    for group in present:
         tx = optax.multi_transform({g: optax.sgd(0.1) if g == group else optax.set_to_zero() for g in GROUPS},
                                    labels)
         updates, _ = tx.update(full, tx.init(params), params)

@@ -152,14 +152,14 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run(mini_root, tmp_path):
 def test_each_stage_trains_only_its_groups_and_learns(trained_run):
     out, result = trained_run
     rows = read_metrics(out)
-    for name in ("encoders", "coe", "content", "style", "style_cls"):
+    for name in ("encoders", "coe", "speech", "content", "style", "style_cls"):
         steps = [r for r in rows if r["stage"] == name and r.get("split") != "valid"]
         assert [r["step"] for r in steps] == list(range(1, len(steps) + 1)) and steps
         assert all({"stage", "step", "loss", "grad_norm", "learning_rate", "sample_index"} <= set(r) for r in steps)
     # The stages ran in order on one model: each changed exactly its groups, relative to the previous stage.
     _, abstract = abstract_model(_config(out), result.tokenizer, single_device_mesh())
     states = {}
-    for name in ("encoders", "coe", "content", "style_cls"):
+    for name in ("encoders", "coe", "speech", "content", "style_cls"):
         ck = StageCheckpoints(out / "checkpoints" / name, async_save=False)
         states[name] = ck.restore(ck.steps()[-1], abstract)[0]
         ck.close()
@@ -169,7 +169,11 @@ def test_each_stage_trains_only_its_groups_and_learns(trained_run):
                 if isinstance(v, nnx.Param) and not np.array_equal(v.get_value(), w.get_value())}
 
     assert changed(states["encoders"], states["coe"]) == {"llm_base", "projections"}
-    assert changed(states["coe"], states["content"]) == {"synchronizer"}
+    assert changed(states["coe"], states["speech"]) == {"speech"}
+    assert changed(states["speech"], states["content"]) == {"synchronizer"}
+    # The speech stage ends by filling the generator's style table (not a parameter: no optimiser touches it).
+    counts = [v.get_value() for p, v in nnx.to_flat_state(states["speech"]) if p[-1] == "style_counts"]
+    assert counts and counts[0].sum() > 0
     coe = [r["loss"] for r in rows if r["stage"] == "coe" and r.get("split") != "valid"]
     assert coe[-1] < coe[0] - 0.5  # it learns (from ~ln(vocab) down)
 
@@ -191,7 +195,7 @@ def test_content_and_style_stages_lower_their_loss_against_the_target_encoders(s
         (batch,), _ = _batch(config, tok, stage)
         c1, c2 = targets.content(batch), ReplyStatisticsTargets.from_config(config, model.cfg).content(batch)
         np.testing.assert_array_equal(np.asarray(c1.speech), np.asarray(c2.speech))  # deterministic
-        assert c1.speech.shape[1:] == (16, 8) and c1.video.shape[1:] == (8, 8)
+        assert c1.speech.shape[1:] == (192, 8) and c1.video.shape[1:] == (8, 8)
         s = targets.style(batch)
         assert s.speech.shape[1:] == (8,) and s.video.shape[1:] == (8,)
         graphdef, trainable, frozen = split_for_stage(model, stage_filter(name))

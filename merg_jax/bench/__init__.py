@@ -3,7 +3,8 @@
 Targets: `llm` (training step and decoding vs Hugging Face PyTorch LLaMA), `attention` (blockwise vs XLA and the
 naive reference on CPU; the Pallas GPU kernel vs cuDNN and XLA on a GPU), `data` (the grain pipeline's samples/s
 with 0 and N workers), `encoders` (the CLIP vision and AST audio towers' inference and training step vs Hugging
-Face PyTorch `CLIPVisionModel` / `ASTModel`).
+Face PyTorch `CLIPVisionModel` / `ASTModel`), `speech` (the HiFi-GAN vocoder vs Hugging Face PyTorch
+`SpeechT5HifiGan`: seconds per call and real-time factor).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from merg_jax.bench import attention, data, encoders, llm
+from merg_jax.bench import attention, data, encoders, llm, speech
 
-TARGETS = {"llm": llm, "attention": attention, "data": data, "encoders": encoders}
+TARGETS = {"llm": llm, "attention": attention, "data": data, "encoders": encoders, "speech": speech}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -386,7 +386,8 @@ class PipelineSettings:
 
         def mel(g) -> tuple[FeatureConfig, int]:
             return FeatureConfig(sample_rate=int(g.sample_rate), n_fft=int(g.n_fft), hop=int(g.hop),
-                                 n_mels=int(g.n_mels)), int(g.frames)
+                                 n_mels=int(g.n_mels), power=float(g.get("power", 2.0)),
+                                 fmax=float(g.fmax) if g.get("fmax") else None), int(g.frames)
 
         def vid(g) -> tuple[FeatureConfig, int]:
             return (FeatureConfig(target_fps=float(g.fps), size=int(g.size), crop=float(g.get("crop", 1.0))),
@@ -403,7 +404,8 @@ class PipelineSettings:
                            media_tokens=media_slots(d.media_tokens), system_prompt=d.get("system_prompt") or SYSTEM_PROMPT,
                            missing_media=str(d.missing_media),
                            feature_cache_mb=float(d.get("feature_cache_mb", 0) or 0),
-                           feature_cache_dir=str(d.get("feature_cache_dir", "") or ""))
+                           feature_cache_dir=str(d.get("feature_cache_dir", "") or ""),
+                           **_reply_symbols(config))
         if d.source not in ("raw", "tfds"):
             raise ValueError(f"data.source={d.source!r}: expected 'raw' or 'tfds'")
         epochs = int(d.num_epochs)
@@ -415,6 +417,18 @@ class PipelineSettings:
                    read_buffer=int(d.read_buffer), check_media=str(d.check_media), log_every_s=float(d.log_every_s),
                    max_bad_in_a_row=int(d.get("max_bad_in_a_row", 1000)),
                    pack_segments=int(d.get("pack_segments", 0) or 0))
+
+
+def _reply_symbols(config) -> dict[str, Any]:
+    """The speech generator's front end and symbol budget (config.empatheia.speech), when the model has one."""
+    e = config.get("empatheia") if hasattr(config, "get") else None
+    speech = (e.get("speech") if e is not None else None) or None
+    if not speech:
+        return {}
+    from merg_jax.data.speech_text import resolve
+
+    return {"reply_symbols": resolve(str(speech.get("symbols", "auto"))),
+            "reply_symbols_len": int(speech.get("max_tokens", 256))}
 
 
 def raw_source(root: str | os.PathLike, split: str, *, check_media: str = "exists"):

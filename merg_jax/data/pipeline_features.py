@@ -47,6 +47,8 @@ class FeatureSpec:
     and loss_mask are zero: evaluation and `respond` batches.
     feature_cache_mb: bound of the process's in-memory cache of decoded features (`feature_cache`; 0: none);
     feature_cache_dir: a folder that caches them on disk, shared by processes and runs ("": none).
+    reply_symbols / reply_symbols_len: the gold reply's symbols for the speech generator's content encoder
+    (`speech_text.TextFrontEnd` kind; cut at reply_symbols_len), batch keys `reply_symbols`, `reply_symbols_len`.
     """
 
     seq_len: int
@@ -66,6 +68,8 @@ class FeatureSpec:
     prompt_only: bool = False
     feature_cache_mb: float = 0.0
     feature_cache_dir: str = ""
+    reply_symbols: str = ""  # the speech generator's text front end ("phonemes" / "characters"); "": no symbols
+    reply_symbols_len: int = 0
 
     def __post_init__(self):
         if self.missing_media not in ("skip", "mask"):
@@ -103,6 +107,9 @@ class FeatureSpec:
             out["reply_frames"] = ((B, self.reply_video_frames, s, s, 3), np.dtype(np.uint8))
             out["reply_frames_len"] = ((B,), i32)
             out["reply_video_mask"] = ((B,), b)
+        if self.reply_symbols_len:
+            out["reply_symbols"] = ((B, self.reply_symbols_len), i32)
+            out["reply_symbols_len"] = ((B,), i32)
         for k in ("emotion7", "emotion32", "age", "gender", "timbre", "avatar_id", "topic", "sample_index"):
             out[k] = ((B,), i32)
         return out
@@ -288,6 +295,12 @@ def make_example(record: dict, tokenizer, spec: FeatureSpec, root: str | None) -
         if name is not None:
             frames, t = video_features(name, record, root, spec.reply_video, spec.reply_video_frames)
             out["reply_frames"][...], out["reply_frames_len"][...], out["reply_video_mask"][...] = frames, t, True
+    if spec.reply_symbols_len and (reply.get("text") or "").strip():
+        from merg_jax.data.speech_text import TextFrontEnd
+
+        symbols = TextFrontEnd(spec.reply_symbols).encode(reply["text"])[:spec.reply_symbols_len]
+        out["reply_symbols"][:len(symbols)] = symbols
+        out["reply_symbols_len"][...] = len(symbols)
     for k, v in ids.items():
         out[k][...] = v
     out["sample_index"][...] = record.get("index", -1)

@@ -26,6 +26,7 @@ from jaxtyping import Array, Bool, Float, Int
 from merg_jax.models.disentangler import (DisentanglerConfig, StyleClassifiers, StyleDisentangler, StyleLogits,
                                          StyleOutput)
 from merg_jax.labels import EMOTIONS_7
+from merg_jax.speech_symbols import num_symbols
 from merg_jax.models.encoders import (AudioConfig, AudioEncoder, EncoderOutput, VisionConfig, VisionEncoder, fit_length,
                                       normalize_ast, normalize_clip)
 from merg_jax.models.layers import Dense
@@ -35,6 +36,8 @@ from merg_jax.models.llm import Llm, LlmOutput
 from merg_jax.models.llm_config import LlmConfig
 from merg_jax.models.multimodal_input import splice_media
 from merg_jax.models.projectors import MediaProjector, ProjectionConfig
+from merg_jax.models.speech.config import SpeechConfig
+from merg_jax.models.speech.generator import SpeechGenerator
 from merg_jax.models.synchronizer import ContentOutput, ContentSynchronizer, SynchronizerConfig
 
 
@@ -54,6 +57,7 @@ class EmpatheiaConfig:
     disentangler: DisentanglerConfig = DisentanglerConfig()
     audio_windows: int = 1
     clip_emotion_head: bool = False
+    speech: SpeechConfig | None = None  # the speech generator (`models/speech`), or None: the model writes text only
 
     def __post_init__(self):
         d = self.llm.hidden_size
@@ -96,7 +100,8 @@ class EmpatheiaConfig:
                    synchronizer=build(SynchronizerConfig, "synchronizer", True, llm_dim=llm.hidden_size),
                    disentangler=build(DisentanglerConfig, "disentangler", True, llm_dim=llm.hidden_size),
                    audio_windows=int(e.get("audio_windows", 1)),
-                   clip_emotion_head=bool(e.get("clip_emotion_head", False)))
+                   clip_emotion_head=bool(e.get("clip_emotion_head", False)),
+                   speech=SpeechConfig.from_dict(e["speech"]) if e.get("speech") else None)
 
 
 @jax.tree_util.register_dataclass
@@ -173,6 +178,7 @@ class Empatheia(nnx.Module):
         self.synchronizer = ContentSynchronizer(cfg.synchronizer, rngs=rngs)
         self.disentangler = StyleDisentangler(cfg.disentangler, rngs=rngs)
         self.classifiers = StyleClassifiers(cfg.disentangler, rngs=rngs)
+        self.speech = SpeechGenerator(cfg.speech, num_symbols(), rngs=rngs) if cfg.speech is not None else None
 
     # ------------------------------------------------------------------------------------------------ media
 

@@ -7,6 +7,7 @@
     synchronizer  the Content Synchronizer
     disentangler  the Style Disentangler
     classifiers   the emotion and profile classifiers
+    speech        the speech generator (acoustic model and vocoder; `models/speech`)
 
 A group is decided by the first name on a parameter's path (the `Empatheia` attribute that holds it) and, inside
 `llm`, by its variable type. `group_filter(*names)` is an nnx filter (for `nnx.DiffState`, `nnx.Optimizer(wrt=)`,
@@ -21,7 +22,7 @@ from collections.abc import Iterable
 from flax import nnx
 
 GROUPS: tuple[str, ...] = ("encoders", "projections", "lora", "llm_base", "synchronizer", "disentangler",
-                           "classifiers")
+                           "classifiers", "speech")
 
 # The groups each training stage trains by default (DESIGN §1): a. CoE learning, b. content consistency, c. style
 # alignment, d. style consistency; and `encoders`, which trains the towers (with their clip emotion heads) when
@@ -32,10 +33,11 @@ STAGES: dict[str, tuple[str, ...]] = {
     "content": ("synchronizer",),
     "style": ("disentangler",),
     "style_cls": ("classifiers",),
+    "speech": ("speech",),
 }
 
 _TOP = {"encoders": "encoders", "projections": "projections", "synchronizer": "synchronizer",
-        "disentangler": "disentangler", "classifiers": "classifiers"}
+        "disentangler": "disentangler", "classifiers": "classifiers", "speech": "speech"}
 
 
 def group_of(path: tuple, value) -> str:

@@ -12,10 +12,11 @@
 | content    | synchronizer        | L_ccl: masked MSE of C^s, C^v to the target encoders' content + lengths     |
 | style      | disentangler        | L_sal: MSE of S^s, S^v to the target encoders' style vectors               |
 | style_cls  | classifiers         | L_cls: cross-entropy on the gold emotion (7, 32) and listener profile      |
+| speech     | speech              | the speech generator: MAS prior, durations, pitch, energy, mel; vocoder   |
 
 `weight` is what the loss averages over (tokens, clips or rows); gradient accumulation weighs micro-batches by it,
 so accumulating the LM loss over micro-batches equals the full batch's loss. The later issues register their
-stages (`speech`, `face_renderer`, `face_motion`) with `register`.
+stages (`face_renderer`, `face_motion`) with `register`; a stage with its own data names an `iterator`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from jaxtyping import Array, Float
 
 from merg_jax.models import param_groups
 from merg_jax.models.disentangler import HEADS, classification_loss
+from merg_jax.models.speech.generator import SPEECH_KEYS
 from merg_jax.models.synchronizer import length_loss, masked_mse
 
 Batch = Mapping[str, Any]
@@ -62,6 +64,12 @@ class Stage:
     needs_targets: bool = False
     metric: str = "val_loss"
     mode: str = "min"
+    # The stage's data: `iterator(config, split, tokenizer=..., shuffle=..., num_epochs=..., drop_remainder=...,
+    # workers=...)` → a DataIterator; None: the dialogue pipeline (`merg_jax.data.pipeline.make_iterator`).
+    iterator: Callable[..., Any] | None = None
+    # Run once after the last step, before the final checkpoint: `finish(model, config, emit)` may fill
+    # non-trainable state (the speech generator's style table).
+    finish: Callable[..., None] | None = None
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -131,7 +139,7 @@ def _frozen_features(model, batch: Batch):
 
 
 def content_loss(model, batch: Batch, rng=None, targets=None) -> StageLoss:
-    t = targets.content(batch)
+    t = targets.content(batch, model)
     out = model.synchronizer(_frozen_features(model, batch), speech_lengths=t.speech_len, video_lengths=t.video_len)
     speech = masked_mse(out.speech, t.speech, out.speech_mask)
     video = masked_mse(out.video, t.video, out.video_mask)
@@ -148,7 +156,7 @@ def _row_mse(pred, target, valid) -> tuple[jax.Array, jax.Array]:
 
 
 def style_loss(model, batch: Batch, rng=None, targets=None) -> StageLoss:
-    t = targets.style(batch)
+    t = targets.style(batch, model)
     out = model.disentangler(_frozen_features(model, batch))
     speech, ns = _row_mse(out.style_speech, t.speech, t.speech_valid)
     video, nv = _row_mse(out.style_video, t.video, t.video_valid)
@@ -160,6 +168,25 @@ def style_cls_loss(model, batch: Batch, rng=None, targets=None) -> StageLoss:
     loss, accuracy = classification_loss(logits, {k: batch[k] for k in HEADS})
     rows = jnp.sum(jnp.asarray(batch["emotion7"]) >= 0).astype(jnp.float32)
     return StageLoss(loss, rows, {f"{k}_acc": v for k, v in accuracy.items()})
+
+
+def speech_loss(model, batch: Batch, rng=None, targets=None) -> StageLoss:
+    if model.speech is None:
+        raise ValueError("stage speech: the model has no speech generator (set config.empatheia.speech)")
+    loss, metrics = model.speech.losses(batch)
+    return StageLoss(loss, jnp.sum(jnp.asarray(batch["mel_len"]) > 0).astype(jnp.float32), metrics)
+
+
+def _speech_iterator(config, split, **kw):
+    from merg_jax.data.speech_corpus import make_speech_iterator
+
+    return make_speech_iterator(config, split, **kw)
+
+
+def _speech_finish(model, config, emit) -> None:
+    from merg_jax.infer.speech import fill_style_means
+
+    fill_style_means(model.speech, config, emit)
 
 
 STAGES: dict[str, Stage] = {}
@@ -187,6 +214,8 @@ register(Stage("style", style_loss, (*TEXT_KEYS, *HISTORY_KEYS), MEDIA_GROUPS,
                "L_sal: the Style Disentangler hits the generators' style encoders", needs_targets=True))
 register(Stage("style_cls", style_cls_loss, (*TEXT_KEYS, *HISTORY_KEYS, *LABEL_KEYS), ("audio", "video"),
                "L_cls: the emotion and profile classifiers", metric="val_emotion7_acc", mode="max"))
+register(Stage("speech", speech_loss, SPEECH_KEYS, (), "the speech generator: acoustic model (MAS durations, "
+               "pitch, energy, mel) and vocoder", iterator=_speech_iterator, finish=_speech_finish))
 
 
 def parse_stages(text: str) -> list[Stage]:
@@ -203,4 +232,4 @@ def parse_stages(text: str) -> list[Stage]:
 
 
 __all__ = ["MEDIA_GROUPS", "STAGES", "Stage", "StageLoss", "coe_loss", "content_loss", "encoders_loss",
-           "lm_loss_terms", "parse_stages", "register", "style_cls_loss", "style_loss"]
+           "lm_loss_terms", "parse_stages", "register", "speech_loss", "style_cls_loss", "style_loss"]

@@ -51,11 +51,14 @@ class StyleTargets:
 
 
 class TargetEncoders(Protocol):
+    """`content(batch, model)` / `style(batch, model)`: `model` is the Empatheia being trained, whose generators
+    (`model.speech`) may supply the targets; their outputs are constants to the loss (no gradient)."""
+
     batch_keys: tuple[str, ...]
 
-    def content(self, batch: Mapping[str, Any]) -> ContentTargets: ...
+    def content(self, batch: Mapping[str, Any], model=None) -> ContentTargets: ...
 
-    def style(self, batch: Mapping[str, Any]) -> StyleTargets: ...
+    def style(self, batch: Mapping[str, Any], model=None) -> StyleTargets: ...
 
 
 class TargetWeight(nnx.Variable):
@@ -110,7 +113,7 @@ class ReplyStatisticsTargets(nnx.Module):
                    speech_style_dim=dis.speech_style_dim, video_style_dim=dis.video_style_dim,
                    seed=int(config.targets.get("seed", 0)))
 
-    def content(self, batch: Mapping[str, Any]) -> ContentTargets:
+    def content(self, batch: Mapping[str, Any], model=None) -> ContentTargets:
         mel = jnp.asarray(batch["reply_mel"], jnp.float32)
         b, t, m = mel.shape
         has_speech = jnp.asarray(batch["reply_audio_mask"])
@@ -142,7 +145,7 @@ class ReplyStatisticsTargets(nnx.Module):
         return ContentTargets(speech=speech, speech_len=speech_len.astype(jnp.int32), video=video,
                               video_len=video_len.astype(jnp.int32))
 
-    def style(self, batch: Mapping[str, Any]) -> StyleTargets:
+    def style(self, batch: Mapping[str, Any], model=None) -> StyleTargets:
         mel = jnp.asarray(batch["reply_mel"], jnp.float32)
         has_speech = jnp.asarray(batch["reply_audio_mask"])
         frame_ok = jnp.arange(mel.shape[1])[None] < batch["reply_mel_len"][:, None]
@@ -158,7 +161,55 @@ class ReplyStatisticsTargets(nnx.Module):
                             video_valid=jnp.asarray(batch["reply_video_mask"]))
 
 
-TARGET_KINDS = {"reply_statistics": ReplyStatisticsTargets}
+class GeneratorTargets(nnx.Module):
+    """The targets from the generators themselves (DESIGN §1): the speech half from the trained speech generator
+    (`model.speech`) — its content encoder on the gold reply's symbols (C^s target, one vector per symbol) and its
+    style encoder on the gold reply's log-mel (S^s target) — and the video half from `ReplyStatisticsTargets`
+    until the face generator supplies its own. Shapes are checked once, here, against the config: the
+    synchronizer's speech content must be `[speech.max_tokens, speech.content_dim]`, the disentangler's speech
+    style `speech.style_dim`, and `data.reply_audio` must be the speech generator's mel."""
+
+    def __init__(self, video: ReplyStatisticsTargets):
+        self.video = video
+
+    @property
+    def batch_keys(self) -> tuple[str, ...]:
+        return (*self.video.batch_keys, "reply_symbols", "reply_symbols_len")
+
+    @classmethod
+    def from_config(cls, config, model_cfg) -> GeneratorTargets:
+        sp = model_cfg.speech
+        if sp is None:
+            raise ValueError("config.targets.kind='generators' needs the speech generator (config.empatheia.speech)")
+        sync, dis, ra = model_cfg.synchronizer, model_cfg.disentangler, config.data.reply_audio
+        want = {"empatheia.synchronizer.speech_content_len": (sync.speech_content_len, sp.max_tokens),
+                "empatheia.synchronizer.speech_content_dim": (sync.speech_content_dim, sp.content_dim),
+                "empatheia.disentangler.speech_style_dim": (dis.speech_style_dim, sp.style_dim),
+                "data.reply_audio.sample_rate": (int(ra.sample_rate), sp.sample_rate),
+                "data.reply_audio.n_fft": (int(ra.n_fft), sp.n_fft), "data.reply_audio.hop": (int(ra.hop), sp.hop),
+                "data.reply_audio.n_mels": (int(ra.n_mels), sp.n_mels),
+                "data.reply_audio.power": (float(ra.get("power", 2.0)), 1.0),
+                "data.reply_audio.fmax": (float(ra.get("fmax") or 0.0), float(sp.fmax))}
+        wrong = [f"{k}={have} (the speech generator needs {need})" for k, (have, need) in want.items() if have != need]
+        if wrong:
+            raise ValueError("config.targets.kind='generators': " + "; ".join(wrong))
+        return cls(ReplyStatisticsTargets.from_config(config, model_cfg))
+
+    def content(self, batch: Mapping[str, Any], model=None) -> ContentTargets:
+        video = self.video.content(batch)
+        n = jnp.asarray(batch["reply_symbols_len"], jnp.int32)
+        speech = jax.lax.stop_gradient(model.speech.content(jnp.asarray(batch["reply_symbols"]), n))
+        return ContentTargets(speech=speech, speech_len=n, video=video.video, video_len=video.video_len)
+
+    def style(self, batch: Mapping[str, Any], model=None) -> StyleTargets:
+        video = self.video.style(batch)
+        has = jnp.asarray(batch["reply_audio_mask"])
+        mel_len = jnp.maximum(jnp.asarray(batch["reply_mel_len"]), 1)
+        speech = jax.lax.stop_gradient(model.speech.style(jnp.asarray(batch["reply_mel"], jnp.float32), mel_len))
+        return StyleTargets(speech=speech, speech_valid=has, video=video.video, video_valid=video.video_valid)
+
+
+TARGET_KINDS = {"reply_statistics": ReplyStatisticsTargets, "generators": GeneratorTargets}
 
 
 def make_targets(config, model_cfg) -> TargetEncoders:
@@ -169,5 +220,5 @@ def make_targets(config, model_cfg) -> TargetEncoders:
     return TARGET_KINDS[kind].from_config(config, model_cfg)
 
 
-__all__ = ["ContentTargets", "ReplyStatisticsTargets", "StyleTargets", "TARGET_KINDS", "TargetEncoders",
+__all__ = ["ContentTargets", "GeneratorTargets", "ReplyStatisticsTargets", "StyleTargets", "TARGET_KINDS", "TargetEncoders",
            "TargetWeight", "make_targets"]

@@ -116,6 +116,19 @@ def with_compute_dtype(config: ml_collections.ConfigDict) -> ml_collections.Conf
     return c
 
 
+def with_resolved_symbols(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`empatheia.speech.symbols="auto"` made concrete ("phonemes" with espeak-ng, else "characters") once, so the
+    data, the model and the saved config.json agree on the speech generator's text front end."""
+    speech = config.get("empatheia", {}).get("speech")
+    if not speech or str(speech.get("symbols", "auto")) != "auto":
+        return config
+    from merg_jax.data.speech_text import resolve
+
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.empatheia.speech.symbols = resolve("auto")
+    return c
+
+
 def _groups(text: str) -> tuple[str, ...]:
     return tuple(g.strip() for g in str(text).split(",") if g.strip())
 
@@ -246,7 +259,7 @@ class StagedTrainer:
 
     def __init__(self, config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh | None = None,
                  emit: Callable[[str], None] | None = None):
-        self.config = config = with_compute_dtype(config)
+        self.config = config = with_resolved_symbols(with_compute_dtype(config))
         self.emit = emit or log.info
         self.stages = parse_stages(config.stages)
         self.output_dir = pathlib.Path(str(config.train.output_dir))
@@ -375,7 +388,7 @@ class StagedTrainer:
                   f"for {steps} steps{f' from step {start}' if start else ''}, batch {s.batch_size}"
                   f"{f' in {s.accum_steps} micro-batches' if int(s.get('accum_steps', 1)) > 1 else ''}")
         step_fn = make_train_step(stage, graphdef, tx, accum_steps=int(s.get("accum_steps", 1)), targets=self.targets)
-        it = make_iterator(data_config, "train", tokenizer=self.tokenizer)
+        it = (stage.iterator or make_iterator)(data_config, "train", tokenizer=self.tokenizer)
         if data_state is not None:
             it.set_state(data_state)
         keys = tuple(k for k in (*stage.batch_keys, *(self.targets.batch_keys if stage.needs_targets else ()))
@@ -426,6 +439,11 @@ class StagedTrainer:
                             self.emit(f"[{stage.name}] validation at step {step + 1}: " + "  ".join(
                                 f"{k} {v:.4f}" for k, v in val.items()))
                             last_row = {**last_row, **val}
+                    if step + 1 == steps and stage.finish is not None:
+                        model = nnx.merge(graphdef, trainable, frozen)
+                        stage.finish(model, data_config, self.emit)
+                        graphdef, trainable, frozen = split_for_stage(model, stage_filter(stage.name,
+                                                                                          _groups(s.groups)))
                     if (step + 1) % every == 0 or step + 1 == steps:
                         model_state = nnx.state(nnx.merge(graphdef, trainable, frozen))
                         meta = {"stage": stage.name, "step": step + 1, "done": step + 1 == steps,
@@ -459,8 +477,8 @@ class StagedTrainer:
         limit = int(self.config.train.get("eval_batches", 0) or 0)
         sums: dict[str, float] = {}
         total = 0.0
-        with make_iterator(data_config, "valid", tokenizer=self.tokenizer, shuffle=False, num_epochs=1,
-                           drop_remainder=False, workers=0) as it:
+        with (stage.iterator or make_iterator)(data_config, "valid", tokenizer=self.tokenizer, shuffle=False,
+                                               num_epochs=1, drop_remainder=False, workers=0) as it:
             for n, host in enumerate(it):
                 if limit and n >= limit:
                     break

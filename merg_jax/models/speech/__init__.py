@@ -1,0 +1,1 @@
+"""Speech synthesis models: the acoustic model and the vocoders (`hifigan.HifiGan`, ...)."""
