@@ -10,6 +10,7 @@ import re
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import soundfile as sf
 from flax import nnx
 
 from merg_jax.cli import main
@@ -68,7 +69,8 @@ def _distinct(texts, n):
 def test_eval_writes_metrics_a_table_and_a_valid_submission(trained_run, mini_root, tmp_path, capsys):
     out, _ = trained_run
     rc = main(["eval", "--checkpoint", str(out), "--data", str(mini_root), "--split", "test", "--out",
-               str(tmp_path / "m.json"), "--submission", str(tmp_path / "sub"), "--with-ablation", "--quiet"])
+               str(tmp_path / "m.json"), "--submission", str(tmp_path / "sub"), "--with-ablation", "--quiet",
+               "--speech", "6"])
     assert rc == 0
     table = capsys.readouterr().out
     assert "48.51" in table and "| Ours" in table
@@ -79,6 +81,14 @@ def test_eval_writes_metrics_a_table_and_a_valid_submission(trained_run, mini_ro
                 "bleu4", "rougeL", "emotion_acc_neutral_text", "ablation_audio_video"):
         assert key in metrics, key
     assert 0.0 <= metrics["coe_valid"] <= 1.0 and 0.0 <= metrics["cls_emotion_acc"] <= 1.0
+    speech = metrics["speech"]  # the speech generator's figures beside their baselines (values: a 3-step model)
+    assert speech["utterances"] == speech["pairs"] == 6 and speech["scored"] + speech["skipped"] == 6
+    for key in ("mcd_db", "mcd_baseline_mean_training_mc", "duration_ratio", "wer_generated", "wer_reference",
+                "real_time_factor", "emotion_acc_generated", "emotion_acc_real", "f0_by_gender", "f0_order_kept",
+                "style_contrast"):
+        assert key in speech, key
+    assert speech["mcd_baseline_mean_training_mc"] > 0 and speech["real_time_factor"] > 0
+    assert 0.0 <= speech["wer_reference"] and speech["mcd_keeps_c0"] is False
     rows = [json.loads(line) for line in (tmp_path / "m.predictions.jsonl").read_text().splitlines()]
     assert [r["sample_index"] for r in rows] == list(range(len(turns)))
     assert metrics["num_neutral_text_turns"] == sum(r["neutral_text"] for r in rows)
@@ -86,6 +96,11 @@ def test_eval_writes_metrics_a_table_and_a_valid_submission(trained_run, mini_ro
     submission = json.loads((tmp_path / "sub" / "submission.json").read_text())
     responses = [t["response"] for c in submission for t in c["turns"]]
     assert len(responses) == len(turns)
+    # Each reply's speech under the challenge's name (utterance 2t + 2), decodable 16 kHz audio.
+    wavs = {p.name for p in (tmp_path / "sub").glob("*.wav")}
+    assert wavs == {f"dia{c['conversation_id']}utt{2 * int(t['turn_id']) + 2}.wav" for c in submission
+                    for t in c["turns"]}
+    assert all(sf.read(str(tmp_path / "sub" / w))[0].size for w in wavs)
     assert metrics["dist1"] == pytest.approx(_distinct(responses, 1), abs=1e-9)
     assert metrics["dist2"] == pytest.approx(_distinct(responses, 2), abs=1e-9)
     # The ablation blanks the clips: the model then sees the placeholders only, so (with this model) other words.
@@ -112,8 +127,13 @@ def test_respond_answers_a_hand_written_dialogue(trained_run, tmp_path, capsys):
     assert isinstance(reply["response"], str) and reply["text"]
     assert sorted(reply["missing_media"]) == sorted(str(tmp_path / f"diahand1utt1.{e}") for e in ("wav", "mp4"))
     assert "text only" in capsys.readouterr().out
-    again = merg_jax.respond(str(out), path)  # the Python API, greedy: the same answer
+    # reply.wav: spoken from (C^s, S^s), as long as reply.json says, 16 kHz PCM that soundfile decodes.
+    wave, sr = sf.read(str(tmp_path / "r" / "reply.wav"))
+    assert reply["speech"]["wav"] == "reply.wav" and reply["speech"]["from"] in ("content", "text")
+    assert sr == 16000 and wave.size / sr == pytest.approx(reply["speech"]["seconds"], abs=1e-3) and wave.size
+    again = merg_jax.respond(str(out), path, out=tmp_path / "t", speech_from="text")  # greedy: the same answer
     assert again["text"] == reply["text"] and again["emotion"] == reply["emotion"]
+    assert again["speech"]["from"] == "text" and sf.read(str(tmp_path / "t" / "reply.wav"))[0].size
 
 
 @pytest.mark.parametrize("content, flags, message", [

@@ -91,3 +91,33 @@ def test_speak_writes_a_wav_and_refuses_bad_input_in_one_line(trained_run, tmp_p
         assert main(["speak", "--checkpoint", str(out), *args, "--out", str(tmp_path / "x.wav")]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_bench_speech_times_the_trained_generator(trained_run, tmp_path, capsys):
+    out, _ = trained_run
+    assert main(["bench", "speech", "--rows", "synthesis", "--checkpoint", str(out), "--seconds", "1",
+                 "--repeats", "1", "--json", str(tmp_path / "b.json")]) == 0
+    row = json.loads((tmp_path / "b.json").read_text())["rows"]["synthesis"]
+    assert row["ours_s"] > 0 and row["audio_s"] > 0 and row["peer_s"] is None
+    assert main(["bench", "speech", "--rows", "synthesis"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_a_bad_utterance_is_skipped_and_counted_not_fatal(mini_root, tmp_path):
+    import shutil
+
+    from tests.trainer_testing import trainer_config
+
+    root = tmp_path / "data"
+    shutil.copytree(mini_root, root)
+    records = utterance_records(root, "train")
+    bad = records[1]["audio"]
+    with open(bad, "r+b") as f:  # no longer a RIFF file
+        f.write(b"this is not a wav header")
+    config = trainer_config(root, tmp_path / "run")
+    sp = config.empatheia.speech
+    kept = utterance_records(root, "train", max_seconds=(sp.max_frames - 1) * sp.hop / sp.sample_rate)
+    with make_speech_iterator(config, "train", shuffle=False, num_epochs=1, drop_remainder=False) as it:
+        seen = [int(i) for b in it for i in b["sample_index"] if i >= 0]
+        assert it.skipped >= 1 and any(s.path == bad for s in it.skipped_samples)
+    assert kept[1]["audio"] == bad and 1 not in seen and len(seen) == len(kept) - it.skipped

@@ -23,14 +23,12 @@ puts the peer on the GPU.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 
 from merg_jax.bench.llm import median_time
+from merg_jax.bench.preflight import preflight
 
-NO_TORCH = ("merg-jax bench encoders: the peer side needs PyTorch and transformers, which are not installed. "
-            "Install the CPU build (`pip install torch==2.13.0`) and run again.")
 TOWERS = ("vision", "audio")
 UNIT = {"vision": "images/s", "audio": "clips/s"}
 
@@ -277,17 +275,9 @@ def _check(args) -> list[str]:
 
 
 def run(args, rest: list[str], parser: argparse.ArgumentParser) -> int:
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    problems = _check(args)
-    if problems:
-        parser.print_usage(sys.stderr)
-        for p in problems:
-            print(f"merg-jax bench encoders: error: {p}", file=sys.stderr)
-        return 2
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
-        print(NO_TORCH, file=sys.stderr)
-        return 2
+    code = preflight("encoders", args, rest, parser, _check(args))
+    if code is not None:
+        return code
     import jax
     import torch
 

@@ -1,6 +1,6 @@
 """`merg-jax bench speech`: speech synthesis speed, ours against Hugging Face PyTorch, one row per component.
 
-    merg-jax bench speech [--rows vocoder] [--batch 1] [--seconds 5] [--sampling-rate 16000] [--mels 80]
+    merg-jax bench speech [--rows vocoder,synthesis --checkpoint DIR] [--batch 1] [--seconds 5] [--sampling-rate 16000] [--mels 80]
                           [--channels 256] [--upsample-rates 8,8,4] [--steps 1] [--repeats 5] [--seed 0]
                           [--json FILE]
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -35,9 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from merg_jax.bench.llm import median_time
+from merg_jax.bench.preflight import preflight
 
-NO_TORCH = ("merg-jax bench speech: the peer side needs PyTorch and transformers, which are not installed. "
-            "Install the CPU build (`pip install torch==2.13.0`) and run again.")
 # HiFi-GAN V3's multi-receptive-field stacks (its ResBlock2 kernels and dilations, here in ResBlock1, the only
 # kind SpeechT5HifiGan has).
 V3_RESBLOCK_KERNELS = (3, 5, 7)
@@ -47,7 +45,10 @@ V3_RESBLOCK_DILATIONS = ((1, 2), (2, 6), (3, 12))
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("speech", help="speech synthesis (the HiFi-GAN vocoder) vs Hugging Face PyTorch",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {', '.join(ROWS)} (default %(default)s)")
+    p.add_argument("--rows", default="vocoder",
+                   help=f"comma-separated: {', '.join(ROWS)} (default %(default)s; synthesis needs --checkpoint)")
+    p.add_argument("--checkpoint", default=None,
+                   help="synthesis row: a trained run or bundle whose speech generator speaks --seconds of text")
     p.add_argument("--batch", type=int, default=1, help="utterances per call (default %(default)s)")
     p.add_argument("--seconds", type=float, default=5.0, help="audio per utterance (default %(default)s)")
     p.add_argument("--sampling-rate", type=int, default=16000, help="Hz (default %(default)s)")
@@ -202,8 +203,37 @@ def bench_vocoder(args) -> Row:
                 "num_params": n_params})
 
 
+SYNTHESIS_TEXT = ("Thank you for telling me. That sounds really hard, and I am glad you shared it. "
+                  "What would help you most right now? I am here to listen.")
+
+
+def bench_synthesis(args) -> Row:
+    """The trained speech generator (`--checkpoint`) speaking text of about `--seconds`, batch 1, end to end: text
+    front end, content encoder, durations, pitch, energy, mel decoder, vocoder (`infer.speech.Synthesizer`). No
+    peer: the figure is the real-time factor."""
+    import numpy as np
+
+    from merg_jax.infer.bundle import load_model
+    from merg_jax.infer.speech import Synthesizer
+
+    synth = Synthesizer(load_model(args.checkpoint).model.speech)
+    style = synth.style_from_label("happy")
+    words = SYNTHESIS_TEXT.split()
+    text = SYNTHESIS_TEXT
+    wave = synth.speak(text, style)
+    # Fit the text to about --seconds: the same words, cut or repeated.
+    want = max(1, round(len(words) * args.seconds / max(wave.size / synth.sample_rate, 1e-3)))
+    text = " ".join((words * (want // len(words) + 1))[:want]).rstrip(",") + "."
+    wave = synth.speak(text, style)
+    t_ours, _ = _time_pair(lambda: synth.speak(text, style), None, args)
+    detail = (f"configs' speech generator from {args.checkpoint}: {len(text.split())} words -> "
+              f"{wave.size / synth.sample_rate:.2f} s at {synth.sample_rate} Hz, vocoder {synth.cfg.vocoder}")
+    return Row("synthesis", t_ours, None, wave.size / synth.sample_rate, detail,
+               {"peak": float(np.abs(wave).max())})
+
+
 # Rows in report order. Each: args -> Row, building its own models and inputs.
-ROWS: dict[str, Callable[[argparse.Namespace], Row]] = {"vocoder": bench_vocoder}
+ROWS: dict[str, Callable[[argparse.Namespace], Row]] = {"vocoder": bench_vocoder, "synthesis": bench_synthesis}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,6 +267,8 @@ def _check(args) -> list[str]:
     """The flags' problems, each naming its flag."""
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     problems = [f"--rows: unknown row {r!r} (choose from {', '.join(ROWS)})" for r in rows if r not in ROWS]
+    if "synthesis" in rows and not args.checkpoint:
+        problems.append("--rows synthesis: give --checkpoint (a trained run or bundle with a speech generator)")
     if not rows:
         problems.append(f"--rows: give at least one of {', '.join(ROWS)}")
     for name in ("batch", "sampling_rate", "mels", "channels", "steps", "repeats"):
@@ -258,17 +290,9 @@ def _check(args) -> list[str]:
 
 
 def run(args, rest: list[str], parser: argparse.ArgumentParser) -> int:
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    problems = _check(args)
-    if problems:
-        parser.print_usage(sys.stderr)
-        for p in problems:
-            print(f"merg-jax bench speech: error: {p}", file=sys.stderr)
-        return 2
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
-        print(NO_TORCH, file=sys.stderr)
-        return 2
+    code = preflight("speech", args, rest, parser, _check(args))
+    if code is not None:
+        return code
     import jax
     import torch
 

@@ -1,12 +1,15 @@
 """`merg-jax eval`: answer every turn of a split and score the replies with the paper's metrics.
 
     merg-jax eval --checkpoint DIR --data DIR [--split test] --out FILE.json [--ablate audio,video]
-                  [--submission DIR] [--limit N] [--with-ablation]
+                  [--submission DIR] [--limit N] [--with-ablation] [--speech N]
 
 DIR of --checkpoint: a training output directory or an exported bundle. Writes FILE.json (metrics),
 FILE.predictions.jsonl (every turn: gold and generated fields) and FILE.md (our figures beside the paper's), and
 prints the table. --with-ablation also runs the split with audio and video blanked and puts those figures in the
-table's ablation column. --submission DIR writes the MERG challenge submission (docs/submission.md).
+table's ablation column. --submission DIR writes the MERG challenge submission (docs/submission.md), with each
+reply's speech when the model has a speech generator. --speech N scores the speech generator on N utterances of
+the split (MCD, F0, duration, WER beside the real speech's, emotion, RTF: merg_jax/eval/speech_eval.py) into
+FILE.json's "speech"; 0 skips it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="also evaluate with audio and video blanked, for the table's ablation column")
     p.add_argument("--submission", default=None, help="write the MERG challenge submission into this directory")
     p.add_argument("--limit", type=int, default=None, help="answer only the first N turns")
+    p.add_argument("--speech", type=int, default=60,
+                   help="utterances to score the speech generator on (%(default)s; 0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -65,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
                                 progress=not args.quiet, emit=log.info).metrics
             result.metrics["ablation_audio_video"] = ablation
         m = result.metrics
+        if args.speech < 0:
+            raise ValueError(f"--speech {args.speech}: must be >= 0")
+        if args.speech and loaded.model.speech is not None:
+            from merg_jax.eval.speech_eval import evaluate_speech
+
+            m["speech"] = evaluate_speech(loaded, args.data, args.split, limit=args.speech, emit=log.info)
+            log.info("speech: %s", ", ".join(f"{k} {v:.3f}" for k, v in m["speech"].items()
+                                              if isinstance(v, float)))
         dataset = f"{args.data} ({args.split} split, {m['num_turns']} turns)"
         out, preds, table = write_outputs(result, args.out, ablation=ablation, dataset=dataset)
         print(table)
@@ -73,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             from merg_jax.eval.submission import build_submission, validate_submission, write_submission
 
             path = write_submission(args.submission, build_submission(submission_rows(result.rows)))
+            if loaded.model.speech is not None:
+                from merg_jax.eval.evaluate import write_reply_speech
+
+                n = write_reply_speech(loaded, result.rows, args.submission, emit=None if args.quiet else log.info)
+                log.info("wrote %d reply wavs into %s", n, args.submission)
             validate_submission(path, media_dir=args.submission)
             log.info("wrote the challenge submission %s", path)
     except (ValueError, FileNotFoundError, FileExistsError, OSError) as e:

@@ -114,7 +114,9 @@ def evaluate(loaded, data_root: str | os.PathLike, split: str = "test", *, ablat
                     record["conversation_id"] in neutral,
                     "gold": gold, "text": reply.text, "fields": reply.fields, "emotion7": reply.emotion7,
                     "emotion32": reply.emotion32, "valid": reply.valid, "classifier": reply.classifier,
-                    "response": reply.response})
+                    "response": reply.response,
+                    # the speech generator's inputs (C^s, S^s), kept out of the predictions file (`_` keys)
+                    "_content_speech": reply.content_speech, "_style_speech": reply.style_speech})
                 bar.update(1)
             if len(rows) >= total:
                 break
@@ -163,7 +165,8 @@ def write_outputs(result: EvalResult, out: str | os.PathLike, *, ablation: dict 
     table = comparison_table(result.metrics, ablation=ablation, dataset=dataset)
     preds = out.with_suffix(".predictions.jsonl")
     for path, text in ((out, json.dumps(result.metrics, indent=2) + "\n"),
-                       (preds, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows)),
+                       (preds, "".join(json.dumps({k: v for k, v in r.items() if not k.startswith("_")},
+                                                  ensure_ascii=False) + "\n" for r in result.rows)),
                        (out.with_suffix(".md"), table + "\n")):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")
@@ -171,4 +174,32 @@ def write_outputs(result: EvalResult, out: str | os.PathLike, *, ablation: dict 
     return out, preds, table
 
 
-__all__ = ["EvalResult", "eval_config", "evaluate", "score", "submission_rows", "write_outputs"]
+def write_reply_speech(loaded, rows: Sequence[dict[str, Any]], media_dir: str | os.PathLike,
+                       emit: Callable[[str], None] | None = None) -> int:
+    """Each answered turn's reply spoken from its (C^s, S^s), as `dia{conversation_id}utt{2t+2}.wav` in `media_dir`
+    (the challenge's naming); an empty C^s speaks the reply's text. Returns the number of files written."""
+    from tqdm import tqdm
+
+    from merg_jax.eval.submission import reply_media_name, reply_utterance_number
+    from merg_jax.infer.speech import Synthesizer, write_wav
+
+    synth = Synthesizer(loaded.model.speech)
+    written = 0
+    for r in tqdm(rows, desc="reply speech", unit="wav", disable=emit is None):
+        name = reply_media_name(r["conversation_id"], reply_utterance_number(r["turn_id"]), "wav")
+        content, style = r["_content_speech"], r["_style_speech"]
+        try:
+            if content.shape[0] and content.shape[-1] == synth.cfg.content_dim:
+                wave = synth.speak_content(content, style)
+            else:
+                wave = synth.speak(submitted_reply(r), style)
+        except ValueError as e:  # nothing speakable in this reply: no wav for it, said once
+            log.warning("no speech for %s turn %s: %s", r["conversation_id"], r["turn_id"], e)
+            continue
+        write_wav(pathlib.Path(media_dir) / name, wave, synth.sample_rate)
+        written += 1
+    return written
+
+
+__all__ = ["EvalResult", "eval_config", "evaluate", "score", "submission_rows", "write_outputs",
+           "write_reply_speech"]

@@ -18,7 +18,12 @@ under `media_root` (default: the dialogue file's folder); a missing one makes th
      "emotion": the speaker's emotion as the model wrote it, "emotion7": that emotion among the 7 multimodal ones,
      "response": the reply, "listener_profile": {"age", "gender", "timbre", "ID"} (the voice and face it speaks
      with), "classifier": the Style Disentangler classifiers' labels, "coe_valid", "text": the raw generation,
-     "missing_media": [the media files that were not found]}
+     "missing_media": [the media files that were not found],
+     "speech": {"wav": "reply.wav", "seconds", "from": "content" | "text"} (when the model has a speech generator)}
+
+`reply.wav` (written with `out`, when the model has a speech generator) is spoken as in the paper from the
+Content Synchronizer's C^s in the Style Disentangler's style S^s (`speech_from="content"`), or from the reply's
+text in style S^s (`speech_from="text"`); an empty C^s (a predicted length of 0) falls back to the text.
 
 A `Responder` keeps the model and its compiled programs, so answering again compiles nothing.
 """
@@ -84,7 +89,7 @@ def read_turn(dialogue: str | os.PathLike, *, turn: str | int | None = None, con
 class Responder:
     """A loaded model ready to answer (see the module docstring)."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, *, speech_from: str = "content"):
         from merg_jax.data.pipeline import PipelineSettings
         from merg_jax.eval.evaluate import eval_config
         from merg_jax.infer.reply import ReplyGenerator
@@ -93,6 +98,14 @@ class Responder:
         config = eval_config(loaded.config, loaded.config.data.root)
         self.spec = dataclasses.replace(PipelineSettings.from_config(config).spec, prompt_only=True,
                                         missing_media="mask")
+        if speech_from not in SPEECH_FROM:
+            raise RespondError(f"--speech-from {speech_from!r}: expected one of {SPEECH_FROM}")
+        self.speech_from = speech_from
+        self.synthesizer = None
+        if loaded.model.speech is not None:
+            from merg_jax.infer.speech import Synthesizer
+
+            self.synthesizer = Synthesizer(loaded.model.speech)
         g = loaded.config.generate
         self.generator = ReplyGenerator(loaded.model, loaded.tokenizer, max_new_tokens=int(g.max_new_tokens),
                                         temperature=float(g.temperature), top_k=int(g.top_k), top_p=float(g.top_p),
@@ -134,19 +147,50 @@ class Responder:
         if out is not None:
             out = pathlib.Path(out)
             out.mkdir(parents=True, exist_ok=True)
+            if self.synthesizer is not None:
+                self.listener = (listener.gender, listener.age, listener.timbre)
+                result["speech"] = self.speak(reply, out / "reply.wav")
             tmp = out / ".reply.json.tmp"
             tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             os.replace(tmp, out / "reply.json")
         return result
 
 
+    def speak(self, reply, path: pathlib.Path) -> dict[str, Any]:
+        """Writes `reply`'s speech to `path`; returns reply.json's "speech" entry."""
+        from merg_jax.infer.speech import write_wav
+
+        synth = self.synthesizer
+        source = self.speech_from
+        if source == "content" and reply.content_speech.shape[0] == 0:
+            log.warning("respond: the Content Synchronizer predicted an empty C^s: speaking the reply's text")
+            source = "text"
+        if source == "text" and not reply.response.strip():
+            return {"wav": None, "seconds": 0.0, "from": None, "note": "no reply text to speak"}
+        style = reply.style_speech
+        if style.shape[-1] != synth.cfg.style_dim:  # a model whose SD was not trained against this generator
+            style = synth.style_from_label(reply.emotion7 or reply.classifier["emotion7"], *self.listener)
+        if source == "content" and reply.content_speech.shape[-1] != synth.cfg.content_dim:
+            source = "text"
+        if source == "content":
+            wave = synth.speak_content(reply.content_speech, style)
+        else:
+            wave = synth.speak(reply.response, style)
+        write_wav(path, wave, synth.sample_rate)
+        return {"wav": path.name, "seconds": round(wave.size / synth.sample_rate, 3), "from": source}
+
+
+SPEECH_FROM = ("content", "text")
+
+
 def respond(checkpoint: str | os.PathLike | LoadedModel, dialogue: str | os.PathLike, *,
             turn: str | int | None = None, conversation: str | None = None,
-            media_root: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> dict[str, Any]:
+            media_root: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+            speech_from: str = "content") -> dict[str, Any]:
     """Answers one turn (see the module docstring); `checkpoint`: a training output dir, a bundle or a
-    `LoadedModel`. Returns reply.json's content (and writes it into `out` when given)."""
+    `LoadedModel`. Returns reply.json's content (and writes it, and reply.wav, into `out` when given)."""
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint)
-    return Responder(loaded)(dialogue, turn=turn, conversation=conversation, media_root=media_root, out=out)
+    return Responder(loaded, speech_from=speech_from)(dialogue, turn=turn, conversation=conversation, media_root=media_root, out=out)
 
 
 __all__ = ["RespondError", "Responder", "read_turn", "respond"]

@@ -1,7 +1,7 @@
-"""`merg-jax respond`: a trained model answers one dialogue turn and writes `DIR/reply.json`.
+"""`merg-jax respond`: a trained model answers one dialogue turn and writes `DIR/reply.json` (and `DIR/reply.wav`).
 
     merg-jax respond --checkpoint DIR --dialogue FILE.json [--turn N] [--conversation ID] [--media-root DIR]
-                     --out DIR
+                     [--speech-from content|text] --out DIR
 
 The dialogue is in the AvaMERG JSON schema (one conversation, or a list: the first, or --conversation ID); the
 answered turn is --turn (a turn_id; default the last), whose `response` may be absent. Media
@@ -26,7 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--turn", default=None, help="turn_id to answer (default: the last turn)")
     p.add_argument("--conversation", default=None, help="conversation_id, when the file holds several")
     p.add_argument("--media-root", default=None, help="folder of the dialogue's wav/mp4 files")
-    p.add_argument("--out", required=True, help="output directory (reply.json)")
+    p.add_argument("--speech-from", default="content", choices=("content", "text"),
+                   help="reply.wav from the Content Synchronizer's C^s (the paper; default) or from the reply text, "
+                        "both in the Style Disentangler's style S^s")
+    p.add_argument("--out", required=True, help="output directory (reply.json, reply.wav)")
     return p
 
 
@@ -42,13 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         # The dialogue is read before the model is loaded: a malformed file is refused at once.
         read_turn(args.dialogue, turn=args.turn, conversation=args.conversation, media_root=args.media_root,
                   check_media="none")
-        reply = Responder(load_model(args.checkpoint))(args.dialogue, turn=args.turn, conversation=args.conversation,
+        reply = Responder(load_model(args.checkpoint), speech_from=args.speech_from)(args.dialogue, turn=args.turn, conversation=args.conversation,
                                                        media_root=args.media_root, out=args.out)
     except (ValueError, FileNotFoundError, OSError) as e:
         return usage_error(PROG, e)
     print(json.dumps({k: reply[k] for k in ("emotion", "response", "chain_of_empathy")}, indent=2,
                      ensure_ascii=False))
-    print(f"wrote {args.out}/reply.json")
+    wav = (reply.get("speech") or {}).get("wav")
+    print(f"wrote {args.out}/reply.json" + (f" and {args.out}/{wav} ({reply['speech']['seconds']} s)" if wav else ""))
     return 0
 
 

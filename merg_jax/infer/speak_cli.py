@@ -11,7 +11,6 @@ generator) gets one line on stderr and exit status 2. Writes 16-bit PCM at the g
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 import time
 
@@ -36,19 +35,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def write_wav(path: str | pathlib.Path, wave, sample_rate: int) -> None:
-    """16-bit PCM, written to a temporary name and renamed: a crash never leaves half a file."""
-    import numpy as np
-    import soundfile as sf
-
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(str(tmp), np.clip(np.asarray(wave, np.float32), -1.0, 1.0), int(sample_rate), subtype="PCM_16",
-             format="WAV")
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     from merg_jax.console import setup_logging, usage_error
@@ -62,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return usage_error(PROG, "--gender/--age/--timbre go with --emotion")
     try:
         from merg_jax.infer.bundle import load_model
-        from merg_jax.infer.speech import Synthesizer
+        from merg_jax.infer.speech import Synthesizer, write_wav
 
         model = load_model(args.checkpoint).model
         synth = Synthesizer(model.speech)

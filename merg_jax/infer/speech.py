@@ -8,8 +8,9 @@
 
 Text is split at sentence boundaries (`speech_text.split_sentences`); the pieces are synthesised as one batch and
 joined with a short pause, each piece faded in and out over a few milliseconds so no join clicks. Every jitted
-function runs at fixed shapes (`max_tokens` symbols, `max_frames` frames, pieces padded to a power of two), so a
-second call compiles nothing.
+function runs at fixed shapes — `max_tokens` symbols, pieces padded to a power of two, and the smallest of
+`FRAME_BUCKETS` frame budgets (max_frames, max_frames / 2, ...) that holds the predicted durations — so a short
+reply costs less than a long one and, once each budget has been used, nothing compiles again.
 """
 
 from __future__ import annotations
@@ -56,9 +57,13 @@ class Synthesizer:
         graphdef, state = nnx.split(generator)
 
         @jax.jit
-        def acoustic_wave(state, content, content_len, style, speed):
+        def durations(state, content, content_len, style, speed):
+            return nnx.merge(graphdef, state).durations(content, content_len, style, speed=speed)
+
+        @functools.partial(jax.jit, static_argnames="max_frames")
+        def acoustic_wave(state, content, content_len, style, durations, max_frames):
             gen = nnx.merge(graphdef, state)
-            out = gen.acoustic(content, content_len, style, max_frames=cfg.max_frames, speed=speed)
+            out = gen.acoustic(content, content_len, style, max_frames=max_frames, durations=durations)
             return gen.vocoder(out.mel), out.lengths
 
         @jax.jit
@@ -70,7 +75,7 @@ class Synthesizer:
             return nnx.merge(graphdef, state).style(mel, mel_len)
 
         self._state = state
-        self._acoustic_wave, self._encode, self._style = acoustic_wave, encode, style
+        self._durations, self._acoustic_wave, self._encode, self._style = durations, acoustic_wave, encode, style
 
     # -------------------------------------------------------------------------------------------- style
 
@@ -153,12 +158,40 @@ class Synthesizer:
         return join_pieces(self._waves(padded, np.asarray([t], np.int32), style, speed), self.sample_rate)
 
     def _waves(self, content, lengths, style, speed) -> list[np.ndarray]:
-        style = np.broadcast_to(np.asarray(style, np.float32), (content.shape[0], self.cfg.style_dim))
-        wave, frames = jax.device_get(self._acoustic_wave(self._state, jnp.asarray(content), jnp.asarray(lengths),
-                                                          jnp.asarray(style), jnp.float32(speed)))
+        style = jnp.asarray(np.broadcast_to(np.asarray(style, np.float32), (content.shape[0], self.cfg.style_dim)))
+        content, lengths = jnp.asarray(content), jnp.asarray(lengths)
+        durations = self._durations(self._state, content, lengths, style, jnp.float32(speed))
+        need = int(np.asarray(durations).sum(1).max())
+        # The smallest of a few frame budgets that holds the longest piece: a short reply costs less, and at most
+        # FRAME_BUCKETS compilations happen.
+        size = next((b for b in frame_buckets(self.cfg.max_frames) if b >= need), self.cfg.max_frames)
+        wave, frames = jax.device_get(self._acoustic_wave(self._state, content, lengths, style, durations,
+                                                          max_frames=size))
         if np.any(frames >= self.cfg.max_frames):
             log.warning("a piece reached empatheia.speech.max_frames=%d frames and was cut", self.cfg.max_frames)
         return [w[: max(0, int(f) - 1) * self.cfg.hop] for w, f in zip(wave, frames)]
+
+
+FRAME_BUCKETS = 4
+
+
+def frame_buckets(max_frames: int) -> tuple[int, ...]:
+    """Frame budgets of synthesis: max_frames / 2^k for k < FRAME_BUCKETS, rounded up to 16, ascending."""
+    return tuple(sorted({-(-max_frames // (2 ** k) // 16) * 16 for k in range(FRAME_BUCKETS)} - {0}))
+
+
+def write_wav(path, wave: np.ndarray, sample_rate: int) -> None:
+    """16-bit PCM, written to a temporary name and renamed: a crash never leaves half a file."""
+    import pathlib
+
+    import soundfile as sf
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    sf.write(str(tmp), np.clip(np.asarray(wave, np.float32), -1.0, 1.0), int(sample_rate), subtype="PCM_16",
+             format="WAV")
+    tmp.replace(path)
 
 
 def join_pieces(waves: list[np.ndarray], sample_rate: int) -> np.ndarray:

@@ -90,12 +90,18 @@ class SpeechGenerator(nnx.Module):
 
     # ---------------------------------------------------------------------------------------- synthesis
 
+    def durations(self, content: Float[Array, "B T C"], content_len: Int[Array, "B"], style: Float[Array, "B S"], *,
+                  speed: float = 1.0) -> Int[Array, "B T"]:
+        """Frames per symbol (≥ 1 for every real one), predicted from the content and the prosodic style."""
+        log_dur = self.prosody.durations(content, content_len, split_style(style)[1])
+        return predicted_durations(log_dur, content_len, speed=speed)
+
     def acoustic(self, content: Float[Array, "B T C"], content_len: Int[Array, "B"], style: Float[Array, "B S"], *,
-                 max_frames: int, speed: float = 1.0) -> SpeechFrames:
-        """Content + style → mel frames (durations, pitch and energy predicted)."""
+                 max_frames: int, speed: float = 1.0, durations: Int[Array, "B T"] | None = None) -> SpeechFrames:
+        """Content + style → mel frames (durations — unless given —, pitch and energy predicted)."""
         acoustic_style, prosodic_style = split_style(style)
-        durations = predicted_durations(self.prosody.durations(content, content_len, prosodic_style), content_len,
-                                        speed=speed)
+        if durations is None:
+            durations = self.durations(content, content_len, style, speed=speed)
         frames, n = expand(content, durations, max_frames)
         mask = jnp.arange(max_frames)[None] < n[:, None]
         lf0, voiced_logit, energy = self.prosody.frames(frames, mask, prosodic_style)
