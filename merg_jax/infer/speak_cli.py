@@ -1,7 +1,7 @@
 """`merg-jax speak`: the trained speech generator says a text, in the style of a reference clip or of a label.
 
     merg-jax speak --checkpoint DIR --text TEXT (--reference WAV | --emotion E [--gender G --age A --timbre T])
-                   [--speed X] --out FILE.wav
+                   [--speed X] [--griffin-lim] --out FILE.wav
 
 Any length of text (split at sentences, joined without clicks). A label picks the mean training style of that
 emotion and profile. Bad input (empty text, an unreadable reference, an unknown label, a model without a speech
@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--age", choices=labels.AGES, help="with --emotion")
     p.add_argument("--timbre", choices=labels.TIMBRES, help="with --emotion")
     p.add_argument("--speed", type=float, default=1.0, help="speaking rate factor (default 1.0)")
+    p.add_argument("--griffin-lim", action="store_true",
+                   help="vocode with Griffin-Lim instead of the trained vocoder (the fallback before it is trained)")
     p.add_argument("--out", required=True, help="output .wav")
     return p
 
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         from merg_jax.infer.speech import Synthesizer, write_wav
 
         model = load_model(args.checkpoint).model
-        synth = Synthesizer(model.speech)
+        synth = Synthesizer(model.speech, vocoder="griffin_lim" if args.griffin_lim else "neural")
         style = (synth.style_from_reference(args.reference) if args.reference else
                  synth.style_from_label(args.emotion, args.gender, args.age, args.timbre))
         t0 = time.perf_counter()

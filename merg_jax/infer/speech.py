@@ -44,13 +44,33 @@ def _label(value: str | None, names, what: str) -> int | None:
     return names.index(value)
 
 
+def griffin_lim(mel: np.ndarray, cfg, n_iter: int = 32) -> np.ndarray:
+    """A log-mel `[frames, n_mels]` → waveform without a neural vocoder: magnitudes through the mel basis's
+    pseudo-inverse, phase by Griffin-Lim (librosa). The fallback before a vocoder is trained."""
+    import librosa
+
+    from merg_jax.models.speech.audio import mel_basis
+
+    basis = mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels, float(cfg.fmin), float(cfg.fmax))  # [K, M]
+    magnitude = np.maximum(np.exp(np.asarray(mel, np.float64)) @ np.linalg.pinv(basis), 0.0)  # [frames, K]
+    return librosa.griffinlim(magnitude.T, n_iter=n_iter, hop_length=cfg.hop, win_length=cfg.n_fft,
+                              n_fft=cfg.n_fft, window="hann", center=True, init=None,
+                              length=(mel.shape[0] - 1) * cfg.hop).astype(np.float32)
+
+
 class Synthesizer:
-    def __init__(self, generator):
+    """`vocoder="neural"` (the generator's trained vocoder) or `"griffin_lim"` (`griffin_lim`: the fallback before
+    the vocoder is trained)."""
+
+    def __init__(self, generator, *, vocoder: str = "neural"):
         from merg_jax.data.speech_text import TextFrontEnd
 
         if generator is None:
             raise SpeechError("this model has no speech generator (config.empatheia.speech)")
+        if vocoder not in ("neural", "griffin_lim"):
+            raise SpeechError(f"vocoder {vocoder!r}: expected 'neural' or 'griffin_lim'")
         self.generator = generator
+        self.vocoder = vocoder
         self.cfg = cfg = generator.cfg
         self.frontend = TextFrontEnd(cfg.symbols)
         self.sample_rate = cfg.sample_rate
@@ -64,7 +84,7 @@ class Synthesizer:
         def acoustic_wave(state, content, content_len, style, durations, max_frames):
             gen = nnx.merge(graphdef, state)
             out = gen.acoustic(content, content_len, style, max_frames=max_frames, durations=durations)
-            return gen.vocoder(out.mel), out.lengths
+            return (gen.vocoder(out.mel) if vocoder == "neural" else out.mel), out.lengths
 
         @jax.jit
         def encode(state, ids, ids_len):
@@ -169,6 +189,8 @@ class Synthesizer:
                                                           max_frames=size))
         if np.any(frames >= self.cfg.max_frames):
             log.warning("a piece reached empatheia.speech.max_frames=%d frames and was cut", self.cfg.max_frames)
+        if self.vocoder == "griffin_lim":  # `wave` holds the mel frames
+            return [griffin_lim(m[: max(1, int(f))], self.cfg) for m, f in zip(wave, frames)]
         return [w[: max(0, int(f) - 1) * self.cfg.hop] for w, f in zip(wave, frames)]
 
 
