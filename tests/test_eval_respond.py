@@ -70,7 +70,7 @@ def test_eval_writes_metrics_a_table_and_a_valid_submission(trained_run, mini_ro
     out, _ = trained_run
     rc = main(["eval", "--checkpoint", str(out), "--data", str(mini_root), "--split", "test", "--out",
                str(tmp_path / "m.json"), "--submission", str(tmp_path / "sub"), "--with-ablation", "--quiet",
-               "--speech", "6"])
+               "--speech", "4"])
     assert rc == 0
     table = capsys.readouterr().out
     assert "48.51" in table and "| Ours" in table
@@ -82,7 +82,7 @@ def test_eval_writes_metrics_a_table_and_a_valid_submission(trained_run, mini_ro
         assert key in metrics, key
     assert 0.0 <= metrics["coe_valid"] <= 1.0 and 0.0 <= metrics["cls_emotion_acc"] <= 1.0
     speech = metrics["speech"]  # the speech generator's figures beside their baselines (values: a 3-step model)
-    assert speech["utterances"] == speech["pairs"] == 6 and speech["scored"] + speech["skipped"] == 6
+    assert speech["utterances"] == speech["pairs"] == 4 and speech["scored"] + speech["skipped"] == 4
     for key in ("mcd_db", "mcd_baseline_mean_training_mc", "duration_ratio", "wer_generated", "wer_reference",
                 "real_time_factor", "emotion_acc_generated", "emotion_acc_real", "f0_by_gender", "f0_order_kept",
                 "style_contrast"):
