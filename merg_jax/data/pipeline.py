@@ -420,10 +420,12 @@ class PipelineSettings:
 
 
 def _reply_symbols(config) -> dict[str, Any]:
-    """The speech generator's front end and symbol budget (config.empatheia.speech), when the model has one."""
+    """The speech generator's front end and symbol budget (config.empatheia.speech), when the model has one and the
+    gold reply's speech is read (`data.reply_audio.frames > 0`): the symbols go with the reply_audio group, so the
+    stages and the evaluation that switch that group off never phonemise a reply."""
     e = config.get("empatheia") if hasattr(config, "get") else None
     speech = (e.get("speech") if e is not None else None) or None
-    if not speech:
+    if not speech or int(config.data.reply_audio.frames) <= 0:
         return {}
     from merg_jax.data.speech_text import resolve
 

@@ -124,15 +124,20 @@ def _emotion7(emotion: str | None) -> int:
 # ------------------------------------------------------------------------------------------------ features
 
 
-def mel_and_f0(wave: np.ndarray, spec: SpeechSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(log-mel [F, n_mels], F0 in Hz [F], 0 where unvoiced) of a mono wave at `spec.sample_rate`; F = 1 + S // hop,
-    the frames of `merg_jax.models.speech.audio.log_mel`."""
-    import pyworld
-
+def speech_mel(wave: np.ndarray, spec) -> np.ndarray:
+    """The speech generator's feature of a mono wave at `spec.sample_rate` (`spec`: a SpeechSpec or SpeechConfig):
+    log-magnitude mel [1 + S // hop, n_mels], floor 1e-5 — `merg_jax.models.speech.audio.log_mel` in numpy."""
     from merg_jax.data.features import log_mel
 
-    mel = log_mel(wave, spec.sample_rate, sample_rate=spec.sample_rate, n_fft=spec.n_fft, hop=spec.hop,
-                  n_mels=spec.n_mels, fmin=spec.fmin, fmax=spec.fmax, power=1.0, log_floor=1e-5)
+    return log_mel(wave, spec.sample_rate, sample_rate=spec.sample_rate, n_fft=spec.n_fft, hop=spec.hop,
+                   n_mels=spec.n_mels, fmin=spec.fmin, fmax=spec.fmax, power=1.0, log_floor=1e-5)
+
+
+def mel_and_f0(wave: np.ndarray, spec: SpeechSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(`speech_mel`, F0 in Hz [F], 0 where unvoiced) of a mono wave at `spec.sample_rate`."""
+    import pyworld
+
+    mel = speech_mel(wave, spec)
     x = wave.astype(np.float64)
     period = 1000.0 * spec.hop / spec.sample_rate
     f0, t = pyworld.dio(x, spec.sample_rate, f0_floor=60.0, f0_ceil=600.0, frame_period=period)
@@ -269,4 +274,5 @@ def make_speech_iterator(config, split: str, *, tokenizer=None, shard_index: int
     return DataIterator(it, name=f"speech/{split}", log_every_s=float(d.log_every_s))
 
 
-__all__ = ["SpeechSpec", "SpeechTransform", "make_speech_iterator", "mel_and_f0", "read_speech", "utterance_records"]
+__all__ = ["SpeechSpec", "SpeechTransform", "make_speech_iterator", "mel_and_f0", "read_speech", "speech_mel",
+           "utterance_records"]

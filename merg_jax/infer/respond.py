@@ -148,16 +148,16 @@ class Responder:
             out = pathlib.Path(out)
             out.mkdir(parents=True, exist_ok=True)
             if self.synthesizer is not None:
-                self.listener = (listener.gender, listener.age, listener.timbre)
-                result["speech"] = self.speak(reply, out / "reply.wav")
+                result["speech"] = self.speak(reply, out / "reply.wav", listener)
             tmp = out / ".reply.json.tmp"
             tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             os.replace(tmp, out / "reply.json")
         return result
 
 
-    def speak(self, reply, path: pathlib.Path) -> dict[str, Any]:
-        """Writes `reply`'s speech to `path`; returns reply.json's "speech" entry."""
+    def speak(self, reply, path: pathlib.Path, listener) -> dict[str, Any]:
+        """Writes `reply`'s speech to `path` (`listener`: the profile whose label style stands in when the Style
+        Disentangler's S^s does not fit this generator); returns reply.json's "speech" entry."""
         from merg_jax.infer.speech import write_wav
 
         synth = self.synthesizer
@@ -169,7 +169,8 @@ class Responder:
             return {"wav": None, "seconds": 0.0, "from": None, "note": "no reply text to speak"}
         style = reply.style_speech
         if style.shape[-1] != synth.cfg.style_dim:  # a model whose SD was not trained against this generator
-            style = synth.style_from_label(reply.emotion7 or reply.classifier["emotion7"], *self.listener)
+            style = synth.style_from_label(reply.emotion7 or reply.classifier["emotion7"], listener.gender,
+                                           listener.age, listener.timbre)
         if source == "content" and reply.content_speech.shape[-1] != synth.cfg.content_dim:
             source = "text"
         if source == "content":

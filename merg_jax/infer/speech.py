@@ -119,11 +119,9 @@ class Synthesizer:
         return self.style_from_mel(self.mel(wave))
 
     def mel(self, wave: np.ndarray) -> np.ndarray:
-        from merg_jax.data.features import log_mel
+        from merg_jax.data.speech_corpus import speech_mel
 
-        c = self.cfg
-        return log_mel(wave, c.sample_rate, sample_rate=c.sample_rate, n_fft=c.n_fft, hop=c.hop, n_mels=c.n_mels,
-                       fmin=c.fmin, fmax=c.fmax, power=1.0, log_floor=1e-5)
+        return speech_mel(wave, self.cfg)
 
     def style_from_label(self, emotion: str, gender: str | None = None, age: str | None = None,
                          timbre: str | None = None) -> np.ndarray:
@@ -239,8 +237,9 @@ def synthesize(generator, *, text: str | None = None, content: np.ndarray | None
                emotion: str | None = None, gender: str | None = None, age: str | None = None,
                timbre: str | None = None, speed: float = 1.0) -> tuple[np.ndarray, int]:
     """(waveform float32, sample rate). Content: `text` or `content` (C^s); style: `style` (S^s), `reference` (a wav
-    path) or `emotion` (+ optional gender, age, timbre)."""
-    synth = _synthesizer(generator)
+    path) or `emotion` (+ optional gender, age, timbre). One call, one `Synthesizer` (its programs compile on
+    first use): to speak many times, keep a `Synthesizer`."""
+    synth = Synthesizer(generator)
     if style is None:
         if reference is not None:
             style = synth.style_from_reference(reference)
@@ -253,11 +252,6 @@ def synthesize(generator, *, text: str | None = None, content: np.ndarray | None
     if text is None:
         raise SpeechError("give the text (or a content sequence) to speak")
     return synth.speak(text, style, speed=speed), synth.sample_rate
-
-
-@functools.lru_cache(maxsize=4)
-def _synthesizer(generator) -> Synthesizer:
-    return Synthesizer(generator)
 
 
 def fill_style_means(generator, config, emit: Callable[[str], None] = log.info) -> None:
