@@ -1,8 +1,9 @@
 """Empatheia in miniature, trained from scratch on AvaMERG-mini on 2 CPU cores, every part included: the tokenizer
 (trained first when `data.tokenizer` does not exist), the audio and video towers (`encoders`: each speaker clip's
-emotion), the LLM writing the Chain of Empathy (`coe`), the speech generator (`speech`), the Content Synchronizer
-(`content`: C^s against the speech generator's content encoder), the Style Disentangler (`style`: S^s against its
-style encoder) and its classifiers (`style_cls`), in the paper's order.
+emotion), the LLM writing the Chain of Empathy (`coe`), the speech generator (`speech`), the talking-face generator
+(`face_renderer`, then `face_motion`), the Content Synchronizer (`content`: C^s and C^v against the generators'
+content encoders), the Style Disentangler (`style`: S^s and S^v against their style encoders) and its classifiers
+(`style_cls`), in the paper's order.
 
 Run (docs/results.md gives the dataset size and the figures this budget reaches):
     merg-jax make-data --out data/avamerg_mini --dialogues 600
@@ -17,7 +18,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.stages = "encoders,coe,speech,content,style,style_cls"
+    c.stages = "encoders,coe,speech,face_renderer,face_motion,content,style,style_cls"
     c.model = ml_collections.ConfigDict(dict(
         vocab_size=2048,  # >= the trained tokenizer's (data.tokenizer_vocab_size)
         hidden_size=128, intermediate_size=344, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
@@ -43,15 +44,18 @@ def get_config() -> ml_collections.ConfigDict:
         style_cls=dict(steps=150, learning_rate=3e-3),
         # The speech generator from scratch: acoustic model and vocoder (one utterance per row).
         # ~5 epochs of the ~3,200 training utterances up to 10.2 s (~0.5 s a step on 2 cores).
-        speech=dict(steps=2200, learning_rate=2e-3, batch_size=8, log_every=50)))
+        speech=dict(steps=2200, learning_rate=2e-3, batch_size=8, log_every=50),
+        # The face renderer: 8 clips a step, 3 frames of each rebuilt from the portrait or a fourth frame.
+        face_renderer=dict(steps=600, learning_rate=2e-3, batch_size=8, log_every=25),
+        # The motion generator on keypoint tracks of the training clips (made once, before the stage).
+        face_motion=dict(steps=1500, learning_rate=1e-3, batch_size=16, log_every=50)))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=200, keep=2, async_save=True))
     # What `content` and `style` train the CS and SD to hit (merg_jax/train/targets.py).
-    # "generators": C^s/S^s targets from the speech generator; the video half from reply statistics until the face
-    # generator exists.
+    # "generators": C^s/S^s from the speech generator, C^v/S^v from the face generator.
     c.targets = ml_collections.ConfigDict(dict(kind="generators", seed=0))
     # The AvaMERG input pipeline (merg_jax/data/pipeline.py documents every key and the batch it makes). Small
     # features so a CPU keeps up: 40 mels at 50 frames/s (6.4 s per clip), 2 fps 32x32 history video, 25 fps
-    # 64x64 reply video; decoded features are cached in memory (feature_cache_mb).
+    # 96x96 reply video (the face generator's frames); decoded features are cached in memory (feature_cache_mb).
     c.data = ml_collections.ConfigDict(dict(
         root="data/avamerg_mini", source="raw", tfds_data_dir="", tfds_config="mini",
         tokenizer="runs/empatheia_tiny/tokenizer", tokenizer_vocab_size=2048,
@@ -61,7 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
         # the gold reply's speech as the speech generator hears it (empatheia.speech): its style is S^s's target
         reply_audio=ml_collections.ConfigDict(dict(sample_rate=16000, n_fft=1024, hop=256, n_mels=80, frames=640,
                                                    power=1.0, fmax=8000.0)),
-        reply_video=ml_collections.ConfigDict(dict(fps=25.0, size=64, frames=160)),
+        reply_video=ml_collections.ConfigDict(dict(fps=25.0, size=96, frames=160)),
+        face_frames_per_row=4, face_max_clips=0,  # the face stages' rows (merg_jax/data/face_corpus.py)
         missing_media="skip", check_media="exists", shuffle=True, seed=0, num_epochs=0,
         workers=2,  # decoding processes; the disk cache below makes every file's decode a one-off
         worker_buffer_size=2, read_threads=2, read_buffer=4, log_every_s=120.0, max_bad_in_a_row=1000,
@@ -85,7 +90,13 @@ def get_config() -> ml_collections.ConfigDict:
         speech=dict(sample_rate=16000, n_fft=1024, hop=256, n_mels=80, fmin=0.0, fmax=8000.0, symbols="auto",
                     dim=128, content_dim=64, content_layers=4, style_dim=32, style_layers=4, prosody_layers=2,
                     decoder_layers=6, kernel_size=5, max_tokens=256, max_frames=640, vocoder="istft",
-                    vocoder_dim=192, vocoder_layers=6, vocoder_segment=32)))
+                    vocoder_dim=192, vocoder_layers=6, vocoder_segment=32),
+        # the talking-face generator (merg_jax/models/face): 96x96 at 25 fps, 10 learnt keypoints, driven by the
+        # speech generator's mel; the FaceConfig defaults (content 32 = C^v, style 32 = S^v)
+        face=dict(size=96, fps=25.0, num_keypoints=10, detector_size=48, detector_channels=16, motion_size=24,
+                  channels=(16, 32, 64), blocks=2, content_dim=32, content_hidden=128, content_layers=4,
+                  style_dim=32, style_hidden=128, style_layers=3, style_frames=64, dim=128, layers=3, heads=4,
+                  window=64, overlap=16, sample_steps=10, guidance=1.5, max_frames=256)))
     c.generate = ml_collections.ConfigDict(dict(max_new_tokens=170, temperature=0.0, top_k=0, top_p=1.0, seed=0,
                                                 batch_size=16))
     return c

@@ -10,6 +10,7 @@ COMMANDS = {
     "eval": ("merg_jax.eval.cli", "answer every turn of a split and score the replies with the paper's metrics"),
     "respond": ("merg_jax.infer.respond_cli", "answer one dialogue turn: Chain of Empathy, reply (reply.json)"),
     "speak": ("merg_jax.infer.speak_cli", "the trained speech generator says a text in a reference's or a label's style"),
+    "animate": ("merg_jax.infer.animate_cli", "the trained face generator animates a portrait with speech (mp4)"),
     "export": ("merg_jax.infer.export_cli", "a serving bundle (config, tokenizer, parameters) from a training run"),
     "generate": ("merg_jax.infer.cli", "generate text from a trained or imported model"),
     "convert-hf": ("merg_jax.convert.cli", "import a local Hugging Face LLaMA directory / export to one"),

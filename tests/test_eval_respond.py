@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 
+import av
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -70,7 +72,7 @@ def test_eval_writes_metrics_a_table_and_a_valid_submission(trained_run, mini_ro
     out, _ = trained_run
     rc = main(["eval", "--checkpoint", str(out), "--data", str(mini_root), "--split", "test", "--out",
                str(tmp_path / "m.json"), "--submission", str(tmp_path / "sub"), "--with-ablation", "--quiet",
-               "--speech", "4"])
+               "--speech", "4", "--video", "2", "--sync-steps", "20"])
     assert rc == 0
     table = capsys.readouterr().out
     assert "48.51" in table and "| Ours" in table
@@ -101,6 +103,21 @@ def test_eval_writes_metrics_a_table_and_a_valid_submission(trained_run, mini_ro
     assert wavs == {f"dia{c['conversation_id']}utt{2 * int(t['turn_id']) + 2}.wav" for c in submission
                     for t in c["turns"]}
     assert all(sf.read(str(tmp_path / "sub" / w))[0].size for w in wavs)
+    # ... and its talking-face video with that speech muxed in: one length, within a frame
+    mp4s = {p.name for p in (tmp_path / "sub").glob("*.mp4")}
+    assert mp4s == {w[:-4] + ".mp4" for w in wavs}
+    for name in sorted(mp4s)[:2]:
+        with av.open(str(tmp_path / "sub" / name)) as c:
+            d = {s.type: float(s.duration * s.time_base) for s in c.streams}
+        seconds = sf.info(str(tmp_path / "sub" / (name[:-4] + ".wav"))).duration
+        assert abs(d["video"] - seconds) <= 1 / 25 and abs(d["audio"] - d["video"]) <= 1 / 25
+    video = metrics["video"]  # the face generator's figures beside their baselines (values: a 3-step model)
+    assert video["clips"] == 2
+    for key in ("renderer", "ssim", "ssim_mouth", "psnr", "mouth_vs_energy", "mouth_vs_track", "identity_ssim",
+                "cpbd", "sync", "real_time_factor", "real_time_factor_256"):
+        assert key in video, key
+    assert video["ssim"]["still"] > 0 and video["mouth_vs_track"]["real"] > 0.5  # the pixel measure reads real lips
+    assert (out / "judges" / "sync" / "config.json").exists()
     assert metrics["dist1"] == pytest.approx(_distinct(responses, 1), abs=1e-9)
     assert metrics["dist2"] == pytest.approx(_distinct(responses, 2), abs=1e-9)
     # The ablation blanks the clips: the model then sees the placeholders only, so (with this model) other words.
@@ -134,6 +151,16 @@ def test_respond_answers_a_hand_written_dialogue(trained_run, tmp_path, capsys):
     again = merg_jax.respond(str(out), path, out=tmp_path / "t", speech_from="text")  # greedy: the same answer
     assert again["text"] == reply["text"] and again["emotion"] == reply["emotion"]
     assert again["speech"]["from"] == "text" and sf.read(str(tmp_path / "t" / "reply.wav"))[0].size
+    # reply.mp4: the listener's avatar (ID 40, from the training data's avatars), driven by (C^v, S^v), stretched to
+    # reply.wav's length and carrying it
+    assert reply["video"]["mp4"] == "reply.mp4" and reply["video"]["portrait"].endswith("avatars/40.png")
+    with av.open(str(tmp_path / "r" / "reply.mp4")) as c:
+        d = {s.type: float(s.duration * s.time_base) for s in c.streams}
+        frames = sum(1 for _ in c.decode(video=0))
+    assert frames == reply["video"]["frames"] and abs(d["video"] - reply["speech"]["seconds"]) <= 1 / 25
+    assert abs(d["audio"] - d["video"]) <= 1 / 25
+    by_speech = merg_jax.respond(str(out), path, out=tmp_path / "s", face_from="speech")
+    assert by_speech["video"]["from"] == "speech" and by_speech["video"]["frames"] == reply["video"]["frames"]
 
 
 @pytest.mark.parametrize("content, flags, message", [
@@ -153,6 +180,18 @@ def test_respond_rejects_malformed_input_in_one_line(trained_run, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert message in err and str(path) in err
+    assert not (tmp_path / "r" / "reply.json").exists()
+
+
+def test_respond_rejects_an_unreadable_portrait_before_answering(trained_run, tmp_path, capsys):
+    out, _ = trained_run
+    path = tmp_path / "dialogue.json"
+    path.write_text(json.dumps(HAND_WRITTEN))
+    (tmp_path / "face.png").write_text("not an image")
+    rc = main(["respond", "--checkpoint", str(out), "--dialogue", str(path), "--portrait", str(tmp_path / "face.png"),
+               "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "not a readable image" in err and "face.png" in err
     assert not (tmp_path / "r" / "reply.json").exists()
 
 

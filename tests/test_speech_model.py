@@ -4,7 +4,6 @@ style table's back-off, and synthesis (pieces joined without clicks, clear error
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

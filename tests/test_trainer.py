@@ -4,7 +4,6 @@ keep the last N and the best, and skip a corrupt step directory; metrics land in
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pathlib
@@ -31,7 +30,7 @@ from merg_jax.train.optimizer import make_optimizer
 from merg_jax.train.stage_step import make_train_step, split_for_stage
 from merg_jax.train.stages import STAGES, parse_stages
 from merg_jax.train.targets import ReplyStatisticsTargets, TargetWeight
-from merg_jax.train.trainer import (StagedTrainer, TrainingError, abstract_model, build_model, ensure_tokenizer,
+from merg_jax.train.trainer import (TrainingError, abstract_model, build_model, ensure_tokenizer,
                                     stage_data_config, stage_settings, train_stages, with_compute_dtype)
 from tests.trainer_testing import cli_args, scaled_down_7b, trainer_config
 
@@ -152,14 +151,14 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run(mini_root, tmp_path):
 def test_each_stage_trains_only_its_groups_and_learns(trained_run):
     out, result = trained_run
     rows = read_metrics(out)
-    for name in ("encoders", "coe", "speech", "content", "style", "style_cls"):
+    for name in ("encoders", "coe", "speech", "face_renderer", "face_motion", "content", "style", "style_cls"):
         steps = [r for r in rows if r["stage"] == name and r.get("split") != "valid"]
         assert [r["step"] for r in steps] == list(range(1, len(steps) + 1)) and steps
         assert all({"stage", "step", "loss", "grad_norm", "learning_rate", "sample_index"} <= set(r) for r in steps)
     # The stages ran in order on one model: each changed exactly its groups, relative to the previous stage.
     _, abstract = abstract_model(_config(out), result.tokenizer, single_device_mesh())
     states = {}
-    for name in ("encoders", "coe", "speech", "content", "style_cls"):
+    for name in ("encoders", "coe", "speech", "face_renderer", "face_motion", "content", "style_cls"):
         ck = StageCheckpoints(out / "checkpoints" / name, async_save=False)
         states[name] = ck.restore(ck.steps()[-1], abstract)[0]
         ck.close()
@@ -170,7 +169,13 @@ def test_each_stage_trains_only_its_groups_and_learns(trained_run):
 
     assert changed(states["encoders"], states["coe"]) == {"llm_base", "projections"}
     assert changed(states["coe"], states["speech"]) == {"speech"}
-    assert changed(states["speech"], states["content"]) == {"synchronizer"}
+    assert changed(states["speech"], states["face_renderer"]) == {"face_renderer"}
+    assert changed(states["face_renderer"], states["face_motion"]) == {"face_motion"}
+    assert changed(states["face_motion"], states["content"]) == {"synchronizer"}
+    # The face motion stage starts by measuring the keypoint tracks' spread (not a parameter either).
+    stds = [v.get_value() for p, v in nnx.to_flat_state(states["face_motion"]) if p[-1] == "motion_std"]
+    before = [v.get_value() for p, v in nnx.to_flat_state(states["face_renderer"]) if p[-1] == "motion_std"]
+    assert np.all(before[0] == 1.0) and not np.allclose(stds[0], 1.0)
     # The speech stage ends by filling the generator's style table (not a parameter: no optimiser touches it).
     counts = [v.get_value() for p, v in nnx.to_flat_state(states["speech"]) if p[-1] == "style_counts"]
     assert counts and counts[0].sum() > 0

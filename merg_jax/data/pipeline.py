@@ -45,6 +45,8 @@ Batch (B = per-host batch size, L = seq_len, C = max_clips; shapes are static, f
     reply_mel_len   int32 [B];     reply_audio_mask bool [B]
     reply_frames    uint8 [B, F_reply, S_reply, S_reply, 3]  the gold reply's talking-face video
     reply_frames_len int32 [B];    reply_video_mask bool [B]
+    reply_portrait  uint8 [B, S_reply, S_reply, 3]  the listener's avatar image (with reply video, when the model
+                   has a face generator)
     emotion7        int32 [B]      CoE speaker emotion among labels.EMOTIONS_7 (mapped from the 32 when named there)
     emotion32       int32 [B]      ... among labels.EMOTIONS_32
     age gender timbre avatar_id  int32 [B]  the listener's profile (the reply's voice and face)
@@ -405,7 +407,7 @@ class PipelineSettings:
                            missing_media=str(d.missing_media),
                            feature_cache_mb=float(d.get("feature_cache_mb", 0) or 0),
                            feature_cache_dir=str(d.get("feature_cache_dir", "") or ""),
-                           **_reply_symbols(config))
+                           reply_portrait=_has_face(config) and reply_video_frames > 0, **_reply_symbols(config))
         if d.source not in ("raw", "tfds"):
             raise ValueError(f"data.source={d.source!r}: expected 'raw' or 'tfds'")
         epochs = int(d.num_epochs)
@@ -417,6 +419,11 @@ class PipelineSettings:
                    read_buffer=int(d.read_buffer), check_media=str(d.check_media), log_every_s=float(d.log_every_s),
                    max_bad_in_a_row=int(d.get("max_bad_in_a_row", 1000)),
                    pack_segments=int(d.get("pack_segments", 0) or 0))
+
+
+def _has_face(config) -> bool:
+    e = config.get("empatheia") if hasattr(config, "get") else None
+    return bool(e is not None and e.get("face"))
 
 
 def _reply_symbols(config) -> dict[str, Any]:

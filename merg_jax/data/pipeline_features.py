@@ -49,6 +49,8 @@ class FeatureSpec:
     feature_cache_dir: a folder that caches them on disk, shared by processes and runs ("": none).
     reply_symbols / reply_symbols_len: the gold reply's symbols for the speech generator's content encoder
     (`speech_text.TextFrontEnd` kind; cut at reply_symbols_len), batch keys `reply_symbols`, `reply_symbols_len`.
+    reply_portrait: with reply video, `reply_portrait` uint8 [B, S_reply, S_reply, 3], the listener's avatar image
+    (`{root}/avatars/{ID}.png`; the reply's first frame when there is none).
     """
 
     seq_len: int
@@ -70,6 +72,7 @@ class FeatureSpec:
     feature_cache_dir: str = ""
     reply_symbols: str = ""  # the speech generator's text front end ("phonemes" / "characters"); "": no symbols
     reply_symbols_len: int = 0
+    reply_portrait: bool = False  # the replying avatar's portrait (the face generator's style target reads it)
 
     def __post_init__(self):
         if self.missing_media not in ("skip", "mask"):
@@ -107,6 +110,8 @@ class FeatureSpec:
             out["reply_frames"] = ((B, self.reply_video_frames, s, s, 3), np.dtype(np.uint8))
             out["reply_frames_len"] = ((B,), i32)
             out["reply_video_mask"] = ((B,), b)
+            if self.reply_portrait:
+                out["reply_portrait"] = ((B, s, s, 3), np.dtype(np.uint8))
         if self.reply_symbols_len:
             out["reply_symbols"] = ((B, self.reply_symbols_len), i32)
             out["reply_symbols_len"] = ((B,), i32)
@@ -295,6 +300,8 @@ def make_example(record: dict, tokenizer, spec: FeatureSpec, root: str | None) -
         if name is not None:
             frames, t = video_features(name, record, root, spec.reply_video, spec.reply_video_frames)
             out["reply_frames"][...], out["reply_frames_len"][...], out["reply_video_mask"][...] = frames, t, True
+            if spec.reply_portrait:
+                out["reply_portrait"][...] = _listener_portrait(record, root, spec.reply_video.size, frames[0])
     if spec.reply_symbols_len and (reply.get("text") or "").strip():
         from merg_jax.data.speech_text import TextFrontEnd
 
@@ -305,6 +312,14 @@ def make_example(record: dict, tokenizer, spec: FeatureSpec, root: str | None) -
         out[k][...] = v
     out["sample_index"][...] = record.get("index", -1)
     return out
+
+
+def _listener_portrait(record: dict, root: str | None, size: int, first_frame: np.ndarray) -> np.ndarray:
+    from merg_jax.data.face_corpus import portrait_path, read_image
+
+    avatar = (record.get("listener_profile") or {}).get("avatar_id")
+    path = portrait_path(root, avatar) if root else None
+    return read_image(path, size) if path is not None else first_frame
 
 
 __all__ = ["BadSample", "FeatureSpec", "audio_features", "label_ids", "make_example", "video_features"]

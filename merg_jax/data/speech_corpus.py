@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any
 
 import numpy as np
 
@@ -220,19 +219,6 @@ class _PadRows:
         return self.spec.empty(n)
 
 
-class _Source:
-    """Random access over records (grain's MapDataset.source needs len and [i])."""
-
-    def __init__(self, records: list[dict]):
-        self.records = records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.records[i]
-
-
 def make_speech_iterator(config, split: str, *, tokenizer=None, shard_index: int | None = None,
                          shard_count: int | None = None, shuffle: bool | None = None,
                          num_epochs: int | None | str = "config", drop_remainder: bool = True,
@@ -240,38 +226,14 @@ def make_speech_iterator(config, split: str, *, tokenizer=None, shard_index: int
     """The `DataIterator` of `split`'s utterances (see the module docstring); the batch is `data.batch_size` (or
     `train.batch_size`) divided over the hosts. The signature follows `pipeline.make_iterator`, so the trainer
     calls either the same way (`tokenizer` is unused: the speech generator reads symbols)."""
-    import grain
-    import jax
+    from merg_jax.data.row_iterator import make_row_iterator
 
-    from merg_jax.data.pipeline import DataIterator, HostSlice, _worker_init, ensure_absl_flags
-    from merg_jax.data.pipeline_batch import SkipBadBatchIterDataset
-
-    ensure_absl_flags()
-    d = config.data
     spec = SpeechSpec.from_config(config)
-    if shard_index is None or shard_count is None:
-        shard_index, shard_count = jax.process_index(), jax.process_count()
-    batch = int(d.get("batch_size", 0) or config.train.batch_size)
-    if batch % shard_count:
-        raise ValueError(f"batch size {batch} is not divisible by the {shard_count} hosts")
-    records = utterance_records(str(d.root), split, max_seconds=(spec.max_frames - 1) * spec.hop / spec.sample_rate)
-    ds = grain.MapDataset.source(_Source(records))
-    if d.shuffle if shuffle is None else shuffle:
-        ds = ds.shuffle(seed=int(d.seed))
-    epochs = int(d.num_epochs) if num_epochs == "config" else num_epochs
-    ds = ds.repeat(None if not epochs or epochs <= 0 else epochs)
-    ds = HostSlice(ds, global_batch=batch, host_batch=batch // shard_count, host=shard_index)
-    ds = ds.random_map(SpeechTransform(spec), seed=int(d.seed))
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, int(d.read_threads)),
-                                              prefetch_buffer_size=int(d.read_buffer)))
-    it = SkipBadBatchIterDataset(it, batch // shard_count, drop_remainder=drop_remainder, pad_fn=_PadRows(spec),
-                                 max_bad_in_a_row=int(d.get("max_bad_in_a_row", 1000)))
-    n_workers = int(d.workers) if workers is None else workers
-    if n_workers > 0:
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=n_workers,
-                                                         per_worker_buffer_size=int(d.worker_buffer_size)),
-                            worker_init_fn=_worker_init)
-    return DataIterator(it, name=f"speech/{split}", log_every_s=float(d.log_every_s))
+    records = utterance_records(str(config.data.root), split,
+                                max_seconds=(spec.max_frames - 1) * spec.hop / spec.sample_rate)
+    return make_row_iterator(config, records, SpeechTransform(spec), _PadRows(spec), name=f"speech/{split}",
+                             shard_index=shard_index, shard_count=shard_count, shuffle=shuffle, num_epochs=num_epochs,
+                             drop_remainder=drop_remainder, workers=workers)
 
 
 __all__ = ["SpeechSpec", "SpeechTransform", "make_speech_iterator", "mel_and_f0", "read_speech", "speech_mel",

@@ -1,15 +1,18 @@
 """`merg-jax eval`: answer every turn of a split and score the replies with the paper's metrics.
 
     merg-jax eval --checkpoint DIR --data DIR [--split test] --out FILE.json [--ablate audio,video]
-                  [--submission DIR] [--limit N] [--with-ablation] [--speech N]
+                  [--submission DIR] [--limit N] [--with-ablation] [--speech N] [--video N] [--sync-steps N]
 
 DIR of --checkpoint: a training output directory or an exported bundle. Writes FILE.json (metrics),
 FILE.predictions.jsonl (every turn: gold and generated fields) and FILE.md (our figures beside the paper's), and
 prints the table. --with-ablation also runs the split with audio and video blanked and puts those figures in the
 table's ablation column. --submission DIR writes the MERG challenge submission (docs/submission.md), with each
-reply's speech when the model has a speech generator. --speech N scores the speech generator on N utterances of
-the split (MCD, F0, duration, WER beside the real speech's, emotion, RTF: merg_jax/eval/speech_eval.py) into
-FILE.json's "speech"; 0 skips it.
+reply's speech and talking-face video when the model has the generators. --speech N scores the speech generator on
+N utterances of the split (MCD, F0, duration, WER beside the real speech's, emotion, RTF:
+merg_jax/eval/speech_eval.py) into FILE.json's "speech"; --video N scores the face generator on N clips (renderer,
+SSIM/PSNR, mouth motion, sync LSE-C/D, emotion, identity, CPBD, RTF beside their baselines:
+merg_jax/eval/video_eval.py) into FILE.json's "video", training the sync judge for --sync-steps steps the first time
+(kept in CHECKPOINT/judges/sync); 0 skips either.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="answer only the first N turns")
     p.add_argument("--speech", type=int, default=60,
                    help="utterances to score the speech generator on (%(default)s; 0: none)")
+    p.add_argument("--video", type=int, default=20,
+                   help="clips to score the face generator on (%(default)s; 0: none)")
+    p.add_argument("--sync-steps", type=int, default=1500,
+                   help="training steps of the sync judge when CHECKPOINT/judges/sync does not hold one yet")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -78,6 +85,16 @@ def main(argv: list[str] | None = None) -> int:
             m["speech"] = evaluate_speech(loaded, args.data, args.split, limit=args.speech, emit=log.info)
             log.info("speech: %s", ", ".join(f"{k} {v:.3f}" for k, v in m["speech"].items()
                                               if isinstance(v, float)))
+        if args.video < 0 or args.sync_steps < 1:
+            raise ValueError(f"--video {args.video} / --sync-steps {args.sync_steps}: must be >= 0 / >= 1")
+        if args.video and loaded.model.face is not None:
+            import pathlib
+
+            from merg_jax.eval.video_eval import evaluate_video
+
+            judges = pathlib.Path(args.checkpoint) / "judges" / "sync"
+            m["video"] = evaluate_video(loaded, args.data, args.split, limit=args.video, sync_dir=str(judges),
+                                        sync_steps=args.sync_steps, emit=log.info)
         dataset = f"{args.data} ({args.split} split, {m['num_turns']} turns)"
         out, preds, table = write_outputs(result, args.out, ablation=ablation, dataset=dataset)
         print(table)
@@ -86,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             from merg_jax.eval.submission import build_submission, validate_submission, write_submission
 
             path = write_submission(args.submission, build_submission(submission_rows(result.rows)))
-            if loaded.model.speech is not None:
-                from merg_jax.eval.evaluate import write_reply_speech
+            if loaded.model.speech is not None or loaded.model.face is not None:
+                from merg_jax.eval.evaluate import write_reply_media
 
-                n = write_reply_speech(loaded, result.rows, args.submission, emit=None if args.quiet else log.info)
-                log.info("wrote %d reply wavs into %s", n, args.submission)
+                n = write_reply_media(loaded, result.rows, args.submission, args.data,
+                                      emit=None if args.quiet else log.info)
+                log.info("wrote %d reply wavs and %d reply mp4s into %s", n["wav"], n["mp4"], args.submission)
             validate_submission(path, media_dir=args.submission)
             log.info("wrote the challenge submission %s", path)
     except (ValueError, FileNotFoundError, FileExistsError, OSError) as e:

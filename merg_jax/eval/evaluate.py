@@ -115,8 +115,11 @@ def evaluate(loaded, data_root: str | os.PathLike, split: str = "test", *, ablat
                     "gold": gold, "text": reply.text, "fields": reply.fields, "emotion7": reply.emotion7,
                     "emotion32": reply.emotion32, "valid": reply.valid, "classifier": reply.classifier,
                     "response": reply.response,
-                    # the speech generator's inputs (C^s, S^s), kept out of the predictions file (`_` keys)
-                    "_content_speech": reply.content_speech, "_style_speech": reply.style_speech})
+                    # the generators' inputs (C^s, S^s, C^v, S^v) and the replying avatar, kept out of the
+                    # predictions file (`_` keys)
+                    "_content_speech": reply.content_speech, "_style_speech": reply.style_speech,
+                    "_content_video": reply.content_video, "_style_video": reply.style_video,
+                    "_avatar_id": (record.get("listener_profile") or {}).get("avatar_id")})
                 bar.update(1)
             if len(rows) >= total:
                 break
@@ -174,32 +177,63 @@ def write_outputs(result: EvalResult, out: str | os.PathLike, *, ablation: dict 
     return out, preds, table
 
 
-def write_reply_speech(loaded, rows: Sequence[dict[str, Any]], media_dir: str | os.PathLike,
-                       emit: Callable[[str], None] | None = None) -> int:
-    """Each answered turn's reply spoken from its (C^s, S^s), as `dia{conversation_id}utt{2t+2}.wav` in `media_dir`
-    (the challenge's naming); an empty C^s speaks the reply's text. Returns the number of files written."""
+def write_reply_media(loaded, rows: Sequence[dict[str, Any]], media_dir: str | os.PathLike, data_root: str,
+                      emit: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Each answered turn's reply as the challenge names it, `dia{conversation_id}utt{2t+2}` in `media_dir`: `.wav`
+    spoken from its (C^s, S^s) (an empty C^s speaks the reply's text) when the model has a speech generator, and
+    `.mp4` of the listener's avatar (`{data_root}/avatars/{ID}.png`) driven by its (C^v, S^v) — C^v stretched to the
+    wav's length, the wav muxed in — when it has a face generator. Returns {"wav": n written, "mp4": n written}."""
     from tqdm import tqdm
 
+    from merg_jax.data.face_corpus import portrait_path, read_image
+    from merg_jax.data.mp4_writer import write_mp4
     from merg_jax.eval.submission import reply_media_name, reply_utterance_number
-    from merg_jax.infer.speech import Synthesizer, write_wav
+    from merg_jax.infer.respond import stretch
+    from merg_jax.infer.speech import write_wav
 
-    synth = Synthesizer(loaded.model.speech)
-    written = 0
-    for r in tqdm(rows, desc="reply speech", unit="wav", disable=emit is None):
-        name = reply_media_name(r["conversation_id"], reply_utterance_number(r["turn_id"]), "wav")
-        content, style = r["_content_speech"], r["_style_speech"]
-        try:
-            if content.shape[0] and content.shape[-1] == synth.cfg.content_dim:
-                wave = synth.speak_content(content, style)
+    model = loaded.model
+    synth = anim = None
+    if model.speech is not None:
+        from merg_jax.infer.speech import Synthesizer
+
+        synth = Synthesizer(model.speech)
+    if model.face is not None:
+        from merg_jax.infer.face import Animator
+
+        anim = Animator(model.face)
+    written = {"wav": 0, "mp4": 0}
+    for r in tqdm(rows, desc="reply media", unit="reply", disable=emit is None):
+        number = reply_utterance_number(r["turn_id"])
+        wav_path = pathlib.Path(media_dir) / reply_media_name(r["conversation_id"], number, "wav")
+        wave = None
+        if synth is not None:
+            content, style = r["_content_speech"], r["_style_speech"]
+            try:
+                if content.shape[0] and content.shape[-1] == synth.cfg.content_dim:
+                    wave = synth.speak_content(content, style)
+                else:
+                    wave = synth.speak(submitted_reply(r), style)
+            except ValueError as e:  # nothing speakable in this reply: no wav for it, said once
+                log.warning("no speech for %s turn %s: %s", r["conversation_id"], r["turn_id"], e)
             else:
-                wave = synth.speak(submitted_reply(r), style)
-        except ValueError as e:  # nothing speakable in this reply: no wav for it, said once
-            log.warning("no speech for %s turn %s: %s", r["conversation_id"], r["turn_id"], e)
+                write_wav(wav_path, wave, synth.sample_rate)
+                written["wav"] += 1
+        if anim is None:
             continue
-        write_wav(pathlib.Path(media_dir) / name, wave, synth.sample_rate)
-        written += 1
+        portrait = portrait_path(data_root, r.get("_avatar_id"))
+        content = r["_content_video"]
+        if portrait is None or not content.shape[0] or content.shape[-1] != anim.cfg.content_dim:
+            log.warning("no video for %s turn %s: %s", r["conversation_id"], r["turn_id"],
+                        "no avatar portrait" if portrait is None else "no C^v")
+            continue
+        if wave is not None:
+            content = stretch(content, max(1, int(round(wave.size / synth.sample_rate * anim.fps))))
+        frames = anim.animate(read_image(portrait), content, r["_style_video"])
+        write_mp4(pathlib.Path(media_dir) / reply_media_name(r["conversation_id"], number, "mp4"), frames,
+                  int(round(anim.fps)), audio=wav_path if wave is not None else None)
+        written["mp4"] += 1
     return written
 
 
 __all__ = ["EvalResult", "eval_config", "evaluate", "score", "submission_rows", "write_outputs",
-           "write_reply_speech"]
+           "write_reply_media"]

@@ -5,7 +5,8 @@ voice and face are made from.
     reply = respond("runs/empatheia_tiny", "dialogue.json", out="runs/reply")   # writes runs/reply/reply.json
     reply["emotion"], reply["response"], reply["chain_of_empathy"]
 
-    merg-jax respond --checkpoint DIR --dialogue FILE.json [--turn N] [--conversation ID] [--media-root DIR] --out DIR
+    merg-jax respond --checkpoint DIR --dialogue FILE.json [--turn N] [--conversation ID] [--media-root DIR]
+                     [--speech-from content|text] [--face-from content|speech] [--portrait IMG] --out DIR
 
 The dialogue is one conversation in the AvaMERG JSON schema (DESIGN §2), or a file holding a list of them (the
 first is answered, or the one `conversation` names). The turn answered is `turn` (its `turn_id`), by default the
@@ -19,11 +20,19 @@ under `media_root` (default: the dialogue file's folder); a missing one makes th
      "response": the reply, "listener_profile": {"age", "gender", "timbre", "ID"} (the voice and face it speaks
      with), "classifier": the Style Disentangler classifiers' labels, "coe_valid", "text": the raw generation,
      "missing_media": [the media files that were not found],
-     "speech": {"wav": "reply.wav", "seconds", "from": "content" | "text"} (when the model has a speech generator)}
+     "speech": {"wav": "reply.wav", "seconds", "from": "content" | "text"} (when the model has a speech generator),
+     "video": {"mp4": "reply.mp4", "seconds", "frames", "from": "content" | "speech", "portrait"} (with a face
+     generator)}
 
 `reply.wav` (written with `out`, when the model has a speech generator) is spoken as in the paper from the
 Content Synchronizer's C^s in the Style Disentangler's style S^s (`speech_from="content"`), or from the reply's
 text in style S^s (`speech_from="text"`); an empty C^s (a predicted length of 0) falls back to the text.
+
+`reply.mp4` (with a face generator) is the listener's avatar — `portrait`, else `avatars/{ID}.png` of the listener
+profile's ID under the media root or the training data root — driven as in the paper by the Content Synchronizer's
+C^v in the Style Disentangler's style S^v (`face_from="content"`; C^v is stretched in time to the length of
+reply.wav, so lips and voice end together), or by reply.wav itself through the face generator's audio content
+encoder (`face_from="speech"`), with reply.wav muxed in.
 
 A `Responder` keeps the model and its compiled programs, so answering again compiles nothing.
 """
@@ -89,7 +98,8 @@ def read_turn(dialogue: str | os.PathLike, *, turn: str | int | None = None, con
 class Responder:
     """A loaded model ready to answer (see the module docstring)."""
 
-    def __init__(self, loaded: LoadedModel, *, speech_from: str = "content"):
+    def __init__(self, loaded: LoadedModel, *, speech_from: str = "content", face_from: str = "content",
+                 portrait: str | os.PathLike | None = None):
         from merg_jax.data.pipeline import PipelineSettings
         from merg_jax.eval.evaluate import eval_config
         from merg_jax.infer.reply import ReplyGenerator
@@ -101,6 +111,19 @@ class Responder:
         if speech_from not in SPEECH_FROM:
             raise RespondError(f"--speech-from {speech_from!r}: expected one of {SPEECH_FROM}")
         self.speech_from = speech_from
+        if face_from not in FACE_FROM:
+            raise RespondError(f"--face-from {face_from!r}: expected one of {FACE_FROM}")
+        self.face_from = face_from
+        self.portrait = None
+        if portrait is not None:
+            from merg_jax.data.face_corpus import read_image
+
+            self.portrait = read_image(portrait)  # a bad --portrait is refused before anything is generated
+        self.animator = None
+        if loaded.model.face is not None:
+            from merg_jax.infer.face import Animator
+
+            self.animator = Animator(loaded.model.face)
         self.synthesizer = None
         if loaded.model.speech is not None:
             from merg_jax.infer.speech import Synthesizer
@@ -147,17 +170,20 @@ class Responder:
         if out is not None:
             out = pathlib.Path(out)
             out.mkdir(parents=True, exist_ok=True)
+            wave = None
             if self.synthesizer is not None:
-                result["speech"] = self.speak(reply, out / "reply.wav", listener)
+                result["speech"], wave = self.speak(reply, out / "reply.wav", listener)
+            if self.animator is not None:
+                result["video"] = self.face_video(reply, out, listener, wave, split.root)
             tmp = out / ".reply.json.tmp"
             tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             os.replace(tmp, out / "reply.json")
         return result
 
 
-    def speak(self, reply, path: pathlib.Path, listener) -> dict[str, Any]:
+    def speak(self, reply, path: pathlib.Path, listener) -> tuple[dict[str, Any], np.ndarray | None]:
         """Writes `reply`'s speech to `path` (`listener`: the profile whose label style stands in when the Style
-        Disentangler's S^s does not fit this generator); returns reply.json's "speech" entry."""
+        Disentangler's S^s does not fit this generator); returns (reply.json's "speech" entry, the wave)."""
         from merg_jax.infer.speech import write_wav
 
         synth = self.synthesizer
@@ -166,7 +192,7 @@ class Responder:
             log.warning("respond: the Content Synchronizer predicted an empty C^s: speaking the reply's text")
             source = "text"
         if source == "text" and not reply.response.strip():
-            return {"wav": None, "seconds": 0.0, "from": None, "note": "no reply text to speak"}
+            return {"wav": None, "seconds": 0.0, "from": None, "note": "no reply text to speak"}, None
         style = reply.style_speech
         if style.shape[-1] != synth.cfg.style_dim:  # a model whose SD was not trained against this generator
             style = synth.style_from_label(reply.emotion7 or reply.classifier["emotion7"], listener.gender,
@@ -178,20 +204,80 @@ class Responder:
         else:
             wave = synth.speak(reply.response, style)
         write_wav(path, wave, synth.sample_rate)
-        return {"wav": path.name, "seconds": round(wave.size / synth.sample_rate, 3), "from": source}
+        return {"wav": path.name, "seconds": round(wave.size / synth.sample_rate, 3), "from": source}, wave
+
+    def _listener_portrait(self, listener, media_root: pathlib.Path) -> tuple[np.ndarray | None, str | None]:
+        from merg_jax.data.face_corpus import portrait_path, read_image
+
+        if self.portrait is not None:
+            return self.portrait, "--portrait"
+        for root in (media_root, pathlib.Path(str(self.loaded.config.data.root))):
+            path = portrait_path(root, listener.avatar_id)
+            if path is not None:
+                return read_image(path), str(path)
+        return None, None
+
+    def face_video(self, reply, out: pathlib.Path, listener, wave: np.ndarray | None,
+                   media_root: pathlib.Path) -> dict[str, Any]:
+        """Writes reply.mp4 (see the module docstring); returns reply.json's "video" entry."""
+        from merg_jax.data.mp4_writer import write_mp4
+
+        anim = self.animator
+        portrait, where = self._listener_portrait(listener, media_root)
+        if portrait is None:
+            return {"mp4": None, "note": f"no portrait of avatar ID {listener.avatar_id} (avatars/"
+                                         f"{listener.avatar_id}.png under the media root): give --portrait"}
+        sr = self.synthesizer.sample_rate if self.synthesizer is not None else anim.cfg.sample_rate
+        frames_for_wave = None if wave is None else max(1, int(round(wave.size / sr * anim.fps)))
+        source = self.face_from
+        content = reply.content_video
+        if source == "content" and (content.shape[0] == 0 or content.shape[-1] != anim.cfg.content_dim):
+            source = "speech"
+        if source == "speech" and wave is None:
+            return {"mp4": None, "note": "no reply speech and no usable C^v: nothing drives the face"}
+        if source == "speech":
+            content = anim.content_from_speech(wave, sr)
+        elif frames_for_wave is not None:
+            content = stretch(content, frames_for_wave)
+        style = reply.style_video
+        if style.shape[-1] != anim.cfg.style_dim:  # a model whose SD was not trained against this generator
+            style = anim.style_from_label(reply.emotion7 or reply.classifier["emotion7"])
+        frames = anim.animate(portrait, content, style)
+        path = out / "reply.mp4"
+        if wave is None:
+            write_mp4(path, frames, int(round(anim.fps)))
+        else:
+            write_mp4(path, frames, int(round(anim.fps)), audio=out / "reply.wav")
+        return {"mp4": path.name, "seconds": round(len(frames) / anim.fps, 3), "frames": int(len(frames)),
+                "from": source, "portrait": where}
+
+
+def stretch(x: np.ndarray, n: int) -> np.ndarray:
+    """A sequence [T, D] resampled to [n, D] by linear interpolation in time (ends kept)."""
+    x = np.asarray(x, np.float32)
+    if len(x) == n:
+        return x
+    pos = np.linspace(0.0, len(x) - 1, n)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, len(x) - 1)
+    w = (pos - lo)[:, None]
+    return (1 - w) * x[lo] + w * x[hi]
 
 
 SPEECH_FROM = ("content", "text")
+FACE_FROM = ("content", "speech")
 
 
 def respond(checkpoint: str | os.PathLike | LoadedModel, dialogue: str | os.PathLike, *,
             turn: str | int | None = None, conversation: str | None = None,
             media_root: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-            speech_from: str = "content") -> dict[str, Any]:
+            speech_from: str = "content", face_from: str = "content",
+            portrait: str | os.PathLike | None = None) -> dict[str, Any]:
     """Answers one turn (see the module docstring); `checkpoint`: a training output dir, a bundle or a
-    `LoadedModel`. Returns reply.json's content (and writes it, and reply.wav, into `out` when given)."""
+    `LoadedModel`. Returns reply.json's content (and writes it, reply.wav and reply.mp4 into `out` when given)."""
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint)
-    return Responder(loaded, speech_from=speech_from)(dialogue, turn=turn, conversation=conversation, media_root=media_root, out=out)
+    responder = Responder(loaded, speech_from=speech_from, face_from=face_from, portrait=portrait)
+    return responder(dialogue, turn=turn, conversation=conversation, media_root=media_root, out=out)
 
 
-__all__ = ["RespondError", "Responder", "read_turn", "respond"]
+__all__ = ["FACE_FROM", "RespondError", "Responder", "read_turn", "respond", "stretch"]

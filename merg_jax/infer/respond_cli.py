@@ -1,7 +1,8 @@
-"""`merg-jax respond`: a trained model answers one dialogue turn and writes `DIR/reply.json` (and `DIR/reply.wav`).
+"""`merg-jax respond`: a trained model answers one dialogue turn and writes `DIR/reply.json` (and `DIR/reply.wav`,
+`DIR/reply.mp4`).
 
     merg-jax respond --checkpoint DIR --dialogue FILE.json [--turn N] [--conversation ID] [--media-root DIR]
-                     [--speech-from content|text] --out DIR
+                     [--speech-from content|text] [--face-from content|speech] [--portrait IMG] --out DIR
 
 The dialogue is in the AvaMERG JSON schema (one conversation, or a list: the first, or --conversation ID); the
 answered turn is --turn (a turn_id; default the last), whose `response` may be absent. Media
@@ -29,7 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--speech-from", default="content", choices=("content", "text"),
                    help="reply.wav from the Content Synchronizer's C^s (the paper; default) or from the reply text, "
                         "both in the Style Disentangler's style S^s")
-    p.add_argument("--out", required=True, help="output directory (reply.json, reply.wav)")
+    p.add_argument("--face-from", default="content", choices=("content", "speech"),
+                   help="reply.mp4 driven by the Content Synchronizer's C^v (the paper; default) or by reply.wav, "
+                        "both in the Style Disentangler's style S^v")
+    p.add_argument("--portrait", default=None,
+                   help="the avatar's image (default: avatars/{ID}.png of the listener profile under the media root)")
+    p.add_argument("--out", required=True, help="output directory (reply.json, reply.wav, reply.mp4)")
     return p
 
 
@@ -45,14 +51,18 @@ def main(argv: list[str] | None = None) -> int:
         # The dialogue is read before the model is loaded: a malformed file is refused at once.
         read_turn(args.dialogue, turn=args.turn, conversation=args.conversation, media_root=args.media_root,
                   check_media="none")
-        reply = Responder(load_model(args.checkpoint), speech_from=args.speech_from)(args.dialogue, turn=args.turn, conversation=args.conversation,
-                                                       media_root=args.media_root, out=args.out)
+        responder = Responder(load_model(args.checkpoint), speech_from=args.speech_from, face_from=args.face_from,
+                              portrait=args.portrait)
+        reply = responder(args.dialogue, turn=args.turn, conversation=args.conversation, media_root=args.media_root,
+                          out=args.out)
     except (ValueError, FileNotFoundError, OSError) as e:
         return usage_error(PROG, e)
     print(json.dumps({k: reply[k] for k in ("emotion", "response", "chain_of_empathy")}, indent=2,
                      ensure_ascii=False))
     wav = (reply.get("speech") or {}).get("wav")
-    print(f"wrote {args.out}/reply.json" + (f" and {args.out}/{wav} ({reply['speech']['seconds']} s)" if wav else ""))
+    mp4 = (reply.get("video") or {}).get("mp4")
+    print(f"wrote {args.out}/reply.json" + (f", {args.out}/{wav} ({reply['speech']['seconds']} s)" if wav else "")
+          + (f", {args.out}/{mp4} ({reply['video']['frames']} frames)" if mp4 else ""))
     return 0
 
 

@@ -36,6 +36,8 @@ from merg_jax.models.llm import Llm, LlmOutput
 from merg_jax.models.llm_config import LlmConfig
 from merg_jax.models.multimodal_input import splice_media
 from merg_jax.models.projectors import MediaProjector, ProjectionConfig
+from merg_jax.models.face.config import FaceConfig
+from merg_jax.models.face.generator import FaceGenerator
 from merg_jax.models.speech.config import SpeechConfig
 from merg_jax.models.speech.generator import SpeechGenerator
 from merg_jax.models.synchronizer import ContentOutput, ContentSynchronizer, SynchronizerConfig
@@ -58,6 +60,7 @@ class EmpatheiaConfig:
     audio_windows: int = 1
     clip_emotion_head: bool = False
     speech: SpeechConfig | None = None  # the speech generator (`models/speech`), or None: the model writes text only
+    face: FaceConfig | None = None  # the talking-face generator (`models/face`), or None: no reply video
 
     def __post_init__(self):
         d = self.llm.hidden_size
@@ -101,7 +104,8 @@ class EmpatheiaConfig:
                    disentangler=build(DisentanglerConfig, "disentangler", True, llm_dim=llm.hidden_size),
                    audio_windows=int(e.get("audio_windows", 1)),
                    clip_emotion_head=bool(e.get("clip_emotion_head", False)),
-                   speech=SpeechConfig.from_dict(e["speech"]) if e.get("speech") else None)
+                   speech=SpeechConfig.from_dict(e["speech"]) if e.get("speech") else None,
+                   face=FaceConfig.from_dict(e["face"]) if e.get("face") else None)
 
 
 @jax.tree_util.register_dataclass
@@ -179,6 +183,7 @@ class Empatheia(nnx.Module):
         self.disentangler = StyleDisentangler(cfg.disentangler, rngs=rngs)
         self.classifiers = StyleClassifiers(cfg.disentangler, rngs=rngs)
         self.speech = SpeechGenerator(cfg.speech, num_symbols(), rngs=rngs) if cfg.speech is not None else None
+        self.face = FaceGenerator(cfg.face, rngs=rngs) if cfg.face is not None else None
 
     # ------------------------------------------------------------------------------------------------ media
 

@@ -8,9 +8,11 @@
     disentangler  the Style Disentangler
     classifiers   the emotion and profile classifiers
     speech        the speech generator (acoustic model and vocoder; `models/speech`)
+    face_renderer the face generator's renderer (keypoints, dense motion, warping generator; `models/face`)
+    face_motion   the rest of the face generator: audio content and style encoders, label styles, motion denoiser
 
-A group is decided by the first name on a parameter's path (the `Empatheia` attribute that holds it) and, inside
-`llm`, by its variable type. `group_filter(*names)` is an nnx filter (for `nnx.DiffState`, `nnx.Optimizer(wrt=)`,
+A group is decided by the first name on a parameter's path (the `Empatheia` attribute that holds it), inside
+`llm` by its variable type, and inside `face` by whether it is the renderer. `group_filter(*names)` is an nnx filter (for `nnx.DiffState`, `nnx.Optimizer(wrt=)`,
 `nnx.state(model, filter)`); `group_labels(state)` is the label tree `optax.multi_transform` takes.
 """
 
@@ -22,7 +24,7 @@ from collections.abc import Iterable
 from flax import nnx
 
 GROUPS: tuple[str, ...] = ("encoders", "projections", "lora", "llm_base", "synchronizer", "disentangler",
-                           "classifiers", "speech")
+                           "classifiers", "speech", "face_renderer", "face_motion")
 
 # The groups each training stage trains by default (DESIGN §1): a. CoE learning, b. content consistency, c. style
 # alignment, d. style consistency; and `encoders`, which trains the towers (with their clip emotion heads) when
@@ -34,6 +36,8 @@ STAGES: dict[str, tuple[str, ...]] = {
     "style": ("disentangler",),
     "style_cls": ("classifiers",),
     "speech": ("speech",),
+    "face_renderer": ("face_renderer",),
+    "face_motion": ("face_motion",),
 }
 
 _TOP = {"encoders": "encoders", "projections": "projections", "synchronizer": "synchronizer",
@@ -45,6 +49,8 @@ def group_of(path: tuple, value) -> str:
     head = str(path[0]) if path else ""
     if head in _TOP:
         return _TOP[head]
+    if head == "face":
+        return "face_renderer" if len(path) > 1 and str(path[1]) == "renderer" else "face_motion"
     if head == "llm":
         return "lora" if isinstance(value, nnx.LoRAParam) else "llm_base"
     raise ValueError(f"parameter {'.'.join(map(str, path))} belongs to no group of {GROUPS} "

@@ -7,7 +7,6 @@ media, CS/SD training) reuse its pieces: `build_model`, `make_optimizer`/`traina
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -24,7 +23,7 @@ from merg_jax.models import Llm, LlmConfig
 from merg_jax.sharding import create_sharded, make_mesh
 from merg_jax.train.batching import BatchIterator, pack_examples, prompt_completion_example, shard_batch
 from merg_jax.train.optimizer import make_optimizer, make_schedule, trainable_filter
-from merg_jax.train.progress import ProgressLogger, format_duration  # noqa: F401 - ProgressLogger is re-exported
+from merg_jax.train.progress import ProgressLogger  # noqa: F401 - re-exported
 from merg_jax.train.step import train_step
 
 log = logging.getLogger(__name__)

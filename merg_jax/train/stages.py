@@ -13,10 +13,13 @@
 | style      | disentangler        | L_sal: MSE of S^s, S^v to the target encoders' style vectors               |
 | style_cls  | classifiers         | L_cls: cross-entropy on the gold emotion (7, 32) and listener profile      |
 | speech     | speech              | the speech generator: MAS prior, durations, pitch, energy, mel; vocoder   |
+| face_renderer | face_renderer    | rebuild a clip's frames from its portrait or another frame + keypoints    |
+| face_motion   | face_motion      | DDPM on keypoint motion from speech content and style; the label styles   |
 
 `weight` is what the loss averages over (tokens, clips or rows); gradient accumulation weighs micro-batches by it,
 so accumulating the LM loss over micro-batches equals the full batch's loss. The later issues register their
-stages (`face_renderer`, `face_motion`) with `register`; a stage with its own data names an `iterator`.
+stages with `register`; a stage with its own data names an `iterator`, one that needs data made by the model
+before it starts (the face motion stage's keypoint tracks) a `prepare` hook.
 """
 
 from __future__ import annotations
@@ -70,6 +73,12 @@ class Stage:
     # Run once after the last step, before the final checkpoint: `finish(model, config, emit)` may fill
     # non-trainable state (the speech generator's style table).
     finish: Callable[..., None] | None = None
+    # Run before the stage's data is opened (also when resuming): `prepare(model, config, emit)` may write data the
+    # iterator reads and fill non-trainable state (the face motion stage's keypoint tracks and their statistics).
+    prepare: Callable[..., None] | None = None
+    # The loss draws random numbers (noise, dropout of the style): the loop passes a key every step; evaluation
+    # passes None and the loss uses a fixed one.
+    needs_rng: bool = False
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -189,6 +198,48 @@ def _speech_finish(model, config, emit) -> None:
     fill_style_means(model.speech, config, emit)
 
 
+def _face(model, stage: str):
+    if model.face is None:
+        raise ValueError(f"stage {stage}: the model has no face generator (set config.empatheia.face)")
+    return model.face
+
+
+def _rows(real: jax.Array) -> jax.Array:
+    return jnp.maximum(jnp.sum(real), 1).astype(jnp.float32)
+
+
+def face_renderer_loss(model, batch: Batch, rng=None, targets=None) -> StageLoss:
+    key = jax.random.key(0) if rng is None else rng
+    loss, metrics = _face(model, "face_renderer").renderer_losses(batch, key)
+    real = jnp.any(jnp.asarray(batch["frames"]).reshape(batch["frames"].shape[0], -1) > 0, axis=1)  # not padding
+    return StageLoss(loss, _rows(real), metrics)
+
+
+def face_motion_loss(model, batch: Batch, rng=None, targets=None) -> StageLoss:
+    key = jax.random.key(0) if rng is None else rng
+    loss, metrics = _face(model, "face_motion").motion_losses(batch, key)
+    return StageLoss(loss, _rows(jnp.asarray(batch["motion_len"]) > 0), metrics)
+
+
+def _face_renderer_iterator(config, split, **kw):
+    from merg_jax.data.face_corpus import make_face_iterator
+
+    return make_face_iterator(config, split, kind="renderer", **kw)
+
+
+def _face_motion_iterator(config, split, **kw):
+    from merg_jax.data.face_corpus import make_face_iterator
+    from merg_jax.train.face_tracks import tracks_path
+
+    return make_face_iterator(config, split, kind="motion", tracks=str(tracks_path(config, split)), **kw)
+
+
+def _face_motion_prepare(model, config, emit) -> None:
+    from merg_jax.train.face_tracks import prepare_tracks
+
+    prepare_tracks(_face(model, "face_motion"), config, emit)
+
+
 STAGES: dict[str, Stage] = {}
 
 
@@ -216,6 +267,13 @@ register(Stage("style_cls", style_cls_loss, (*TEXT_KEYS, *HISTORY_KEYS, *LABEL_K
                "L_cls: the emotion and profile classifiers", metric="val_emotion7_acc", mode="max"))
 register(Stage("speech", speech_loss, SPEECH_KEYS, (), "the speech generator: acoustic model (MAS durations, "
                "pitch, energy, mel) and vocoder", iterator=_speech_iterator, finish=_speech_finish))
+register(Stage("face_renderer", face_renderer_loss, ("portrait", "frames"), (),
+               "the face renderer: keypoints, dense motion and warping learnt by rebuilding frames of a clip",
+               iterator=_face_renderer_iterator, needs_rng=True))
+register(Stage("face_motion", face_motion_loss, ("mel", "mel_len", "motion", "motion_len", "window_start",
+                                                 "style_start", "emotion7"), (),
+               "the face motion generator: diffusion over keypoint motion from speech content and style",
+               iterator=_face_motion_iterator, prepare=_face_motion_prepare, needs_rng=True))
 
 
 def parse_stages(text: str) -> list[Stage]:
@@ -232,4 +290,5 @@ def parse_stages(text: str) -> list[Stage]:
 
 
 __all__ = ["MEDIA_GROUPS", "STAGES", "Stage", "StageLoss", "coe_loss", "content_loss", "encoders_loss",
+           "face_motion_loss", "face_renderer_loss",
            "lm_loss_terms", "parse_stages", "register", "speech_loss", "style_cls_loss", "style_loss"]

@@ -162,26 +162,32 @@ class ReplyStatisticsTargets(nnx.Module):
 
 
 class GeneratorTargets(nnx.Module):
-    """The targets from the generators themselves (DESIGN §1): the speech half from the trained speech generator
-    (`model.speech`) — its content encoder on the gold reply's symbols (C^s target, one vector per symbol) and its
-    style encoder on the gold reply's log-mel (S^s target) — and the video half from `ReplyStatisticsTargets`
-    until the face generator supplies its own. Shapes are checked once, here, against the config: the
-    synchronizer's speech content must be `[speech.max_tokens, speech.content_dim]`, the disentangler's speech
-    style `speech.style_dim`, and `data.reply_audio` must be the speech generator's mel."""
+    """The targets from the generators themselves (DESIGN §1). Speech half, from the trained speech generator
+    (`model.speech`): its content encoder on the gold reply's symbols (C^s target, one vector per symbol) and its
+    style encoder on the gold reply's log-mel (S^s target). Video half, from the trained face generator
+    (`model.face`): its audio content encoder on the gold reply's log-mel (C^v target, one vector per video frame)
+    and its style encoder on the gold reply video's keypoint motion relative to the listener's portrait (S^v
+    target); without a face generator, `ReplyStatisticsTargets` stands in for the video half. Shapes are checked
+    once, here, against the config: the synchronizer's and disentangler's sizes must be the generators', and
+    `data.reply_audio` / `data.reply_video` must be the generators' mel and frames."""
 
-    def __init__(self, video: ReplyStatisticsTargets):
+    def __init__(self, video: ReplyStatisticsTargets | None, *, video_len: int = 0):
         self.video = video
+        self.video_len = video_len
 
     @property
     def batch_keys(self) -> tuple[str, ...]:
-        return (*self.video.batch_keys, "reply_symbols", "reply_symbols_len")
+        speech = ("reply_mel", "reply_mel_len", "reply_audio_mask", "reply_symbols", "reply_symbols_len")
+        if self.video is not None:
+            return (*self.video.batch_keys, "reply_symbols", "reply_symbols_len")
+        return (*speech, "reply_frames", "reply_frames_len", "reply_video_mask", "reply_portrait")
 
     @classmethod
     def from_config(cls, config, model_cfg) -> GeneratorTargets:
-        sp = model_cfg.speech
+        sp, fc = model_cfg.speech, model_cfg.face
         if sp is None:
             raise ValueError("config.targets.kind='generators' needs the speech generator (config.empatheia.speech)")
-        sync, dis, ra = model_cfg.synchronizer, model_cfg.disentangler, config.data.reply_audio
+        sync, dis, ra, rv = model_cfg.synchronizer, model_cfg.disentangler, config.data.reply_audio, config.data.reply_video
         want = {"empatheia.synchronizer.speech_content_len": (sync.speech_content_len, sp.max_tokens),
                 "empatheia.synchronizer.speech_content_dim": (sync.speech_content_dim, sp.content_dim),
                 "empatheia.disentangler.speech_style_dim": (dis.speech_style_dim, sp.style_dim),
@@ -190,23 +196,55 @@ class GeneratorTargets(nnx.Module):
                 "data.reply_audio.n_mels": (int(ra.n_mels), sp.n_mels),
                 "data.reply_audio.power": (float(ra.get("power", 2.0)), 1.0),
                 "data.reply_audio.fmax": (float(ra.get("fmax") or 0.0), float(sp.fmax))}
-        wrong = [f"{k}={have} (the speech generator needs {need})" for k, (have, need) in want.items() if have != need]
+        if fc is not None:
+            want.update({
+                "empatheia.synchronizer.video_content_dim": (sync.video_content_dim, fc.content_dim),
+                "empatheia.disentangler.video_style_dim": (dis.video_style_dim, fc.style_dim),
+                "data.reply_video.size": (int(rv.size), fc.size), "data.reply_video.fps": (float(rv.fps), fc.fps),
+                "data.reply_video.crop": (float(rv.get("crop", 1.0)), 1.0),
+                "empatheia.face.sample_rate": (fc.sample_rate, sp.sample_rate),
+                "empatheia.face.n_fft": (fc.n_fft, sp.n_fft), "empatheia.face.hop": (fc.hop, sp.hop),
+                "empatheia.face.n_mels": (fc.n_mels, sp.n_mels), "empatheia.face.fmin": (fc.fmin, sp.fmin),
+                "empatheia.face.fmax": (fc.fmax, sp.fmax)})
+        wrong = [f"{k}={have} (the generators need {need})" for k, (have, need) in want.items() if have != need]
         if wrong:
             raise ValueError("config.targets.kind='generators': " + "; ".join(wrong))
+        if fc is not None:
+            return cls(None, video_len=sync.video_content_len)
         return cls(ReplyStatisticsTargets.from_config(config, model_cfg))
 
     def content(self, batch: Mapping[str, Any], model=None) -> ContentTargets:
-        video = self.video.content(batch)
         n = jnp.asarray(batch["reply_symbols_len"], jnp.int32)
         speech = jax.lax.stop_gradient(model.speech.content(jnp.asarray(batch["reply_symbols"]), n))
-        return ContentTargets(speech=speech, speech_len=n, video=video.video, video_len=video.video_len)
+        if self.video is not None:
+            video = self.video.content(batch)
+            return ContentTargets(speech=speech, speech_len=n, video=video.video, video_len=video.video_len)
+        from merg_jax.models.face.audio_content import video_frames_of
+
+        has = jnp.asarray(batch["reply_audio_mask"])
+        mel_len = jnp.where(has, jnp.asarray(batch["reply_mel_len"]), 0)
+        video = jax.lax.stop_gradient(model.face.content(jnp.asarray(batch["reply_mel"], jnp.float32), mel_len,
+                                                         self.video_len))
+        video_len = jnp.where(has, jnp.minimum(video_frames_of(mel_len, model.face.cfg), self.video_len), 0)
+        return ContentTargets(speech=speech, speech_len=n, video=video, video_len=video_len.astype(jnp.int32))
 
     def style(self, batch: Mapping[str, Any], model=None) -> StyleTargets:
-        video = self.video.style(batch)
         has = jnp.asarray(batch["reply_audio_mask"])
         mel_len = jnp.maximum(jnp.asarray(batch["reply_mel_len"]), 1)
         speech = jax.lax.stop_gradient(model.speech.style(jnp.asarray(batch["reply_mel"], jnp.float32), mel_len))
-        return StyleTargets(speech=speech, speech_valid=has, video=video.video, video_valid=video.video_valid)
+        if self.video is not None:
+            video = self.video.style(batch)
+            return StyleTargets(speech=speech, speech_valid=has, video=video.video, video_valid=video.video_valid)
+        face = model.face
+        frames = jnp.asarray(batch["reply_frames"])
+        b, f = frames.shape[:2]
+        kp = face.renderer.kp(frames.reshape(b * f, *frames.shape[2:]).astype(jnp.float32) / 255.0)
+        kp0 = face.renderer.kp(jnp.asarray(batch["reply_portrait"]).astype(jnp.float32) / 255.0)
+        motion = (kp.reshape(b, f, -1, 2) - kp0[:, None]).reshape(b, f, -1)
+        n = jnp.asarray(batch["reply_frames_len"], jnp.int32)
+        video = jax.lax.stop_gradient(face.style(motion, n))
+        return StyleTargets(speech=speech, speech_valid=has, video=video,
+                            video_valid=jnp.asarray(batch["reply_video_mask"]) & (n > 0))
 
 
 TARGET_KINDS = {"reply_statistics": ReplyStatisticsTargets, "generators": GeneratorTargets}

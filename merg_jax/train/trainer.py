@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import pathlib
 import time
 import zlib
@@ -388,12 +387,16 @@ class StagedTrainer:
                   f"for {steps} steps{f' from step {start}' if start else ''}, batch {s.batch_size}"
                   f"{f' in {s.accum_steps} micro-batches' if int(s.get('accum_steps', 1)) > 1 else ''}")
         step_fn = make_train_step(stage, graphdef, tx, accum_steps=int(s.get("accum_steps", 1)), targets=self.targets)
+        if stage.prepare is not None:
+            model = nnx.merge(graphdef, trainable, frozen)
+            stage.prepare(model, data_config, self.emit)
+            graphdef, trainable, frozen = split_for_stage(model, stage_filter(stage.name, _groups(s.groups)))
         it = (stage.iterator or make_iterator)(data_config, "train", tokenizer=self.tokenizer)
         if data_state is not None:
             it.set_state(data_state)
         keys = tuple(k for k in (*stage.batch_keys, *(self.targets.batch_keys if stage.needs_targets else ()))
                      if k != "sample_index")
-        use_rng = self._uses_dropout(model)
+        use_rng = self._uses_dropout(model) or stage.needs_rng
         progress = ProgressLogger(steps, int(s.batch_size) * int(data_config.data.seq_len), log_every, self.emit,
                                   prefix=f"[{stage.name}] ")
         bad_in_a_row, max_bad = 0, int(self.config.train.get("max_nonfinite_in_a_row", 10))

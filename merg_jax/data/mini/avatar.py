@@ -22,7 +22,7 @@ from merg_jax.data.mini.avatar_envelope import mouth_envelope
 from merg_jax.data.mini.avatar_expression import (EMOTIONS, PER_FRAME_KEYS, canonical_emotion, clip_params,
                                                   neutral_params)
 from merg_jax.data.mini.avatar_identity import Identity, identity
-from merg_jax.data.mini.avatar_mp4 import write_mp4
+from merg_jax.data.mp4_writer import write_mp4
 from merg_jax.data.mini.avatar_render import render_frames
 
 

@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from merg_jax.config_sections import from_section
+
 
 @dataclasses.dataclass(frozen=True)
 class SpeechConfig:
@@ -56,12 +58,7 @@ class SpeechConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> SpeechConfig:
-        d = dict(d or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"empatheia.speech: unknown key(s) {unknown}; expected some of {sorted(names)}")
-        return cls(**d)
+        return from_section(cls, d, "empatheia.speech")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,0 +1,52 @@
+"""The keypoint detector: a frame → K learned keypoints (FOMM-style, no landmarks, no jacobians).
+
+    kp = KeypointDetector(cfg, rngs=rngs)(frames)     # frames [B, S, S, 3] in [0, 1] → [B, K, 2] (x, y in [-1, 1])
+
+An hourglass at `detector_size` (the frame is resized first) predicts K heatmaps at a quarter of that resolution;
+each keypoint is the expectation of its softmax(heatmap / temperature) over the pixel coordinates, so it moves
+smoothly with the image. Nothing tells it where faces are: the renderer's reconstruction and equivariance losses
+place the keypoints where motion happens (mouth, brows, head outline).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float
+
+from merg_jax.models.face.blocks2d import ConvNormAct, Down, Up, conv
+from merg_jax.models.face.config import FaceConfig
+from merg_jax.models.face.warp import coordinate_grid, resize
+
+
+class KeypointDetector(nnx.Module):
+    def __init__(self, cfg: FaceConfig, *, rngs: nnx.Rngs):
+        c = cfg.detector_channels
+        self.cfg = cfg
+        self.stem = ConvNormAct(3, c, rngs=rngs)
+        self.down1 = Down(c, 2 * c, rngs=rngs)  # /2
+        self.down2 = Down(2 * c, 4 * c, rngs=rngs)  # /4
+        self.down3 = Down(4 * c, 4 * c, rngs=rngs)  # /8
+        self.up = Up(4 * c, 2 * c, rngs=rngs)  # /4
+        self.head = conv(6 * c, cfg.num_keypoints, 3, rngs=rngs)
+
+    def heatmaps(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B h w K"]:
+        """The softmax heatmaps (each sums to 1 over its h×w pixels)."""
+        n = self.cfg.detector_size
+        x = self.stem(resize(frames, n, n) - 0.5)
+        x = self.down1(x)
+        skip = self.down2(x)
+        x = jnp.concatenate([self.up(self.down3(skip)), skip], axis=-1)
+        logits = self.head(x)
+        b, h, w, k = logits.shape
+        p = jax.nn.softmax(logits.reshape(b, h * w, k).astype(jnp.float32) / self.cfg.kp_temperature, axis=1)
+        return p.reshape(b, h, w, k)
+
+    def __call__(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B K 2"]:
+        heat = self.heatmaps(frames)
+        grid = coordinate_grid(heat.shape[1], heat.shape[2])
+        return jnp.einsum("bhwk,hwc->bkc", heat, grid)
+
+
+__all__ = ["KeypointDetector"]
