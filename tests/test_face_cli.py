@@ -103,16 +103,22 @@ def test_face_stages_made_tracks_statistics_and_generator_targets(trained_run, m
     np.testing.assert_allclose(np.asarray(face.motion_mean[...]), motion.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(face.motion_std[...]), np.maximum(motion.std(0), 1e-3), rtol=1e-5)
     assert len(tracks["offsets"]) == len(tracks["index"]) + 1 and tracks["offsets"][-1] == len(motion)
-    # a clip's track is its frames' keypoints minus its portrait's, as the trained detector sees them
+    # a clip's track is its frames' keypoints and expression codes minus its portrait's, as the trained detector
+    # sees them, one frame at a time
+    import jax.numpy as jnp
+
     from merg_jax.data.face_corpus import clip_frames, clip_portrait, clip_records
-    from merg_jax.train.face_tracks import keypoint_fn
 
     records = {r["index"]: r for r in clip_records(mini_root, "train")}
     i = int(tracks["index"][0])
     rec = records[i]
     frames = clip_frames(rec["video"], face.cfg.size, face.cfg.fps)
-    kp = keypoint_fn(face)(np.concatenate([clip_portrait(rec, face.cfg.size, frames)[None], frames]))
-    np.testing.assert_allclose(motion[: len(frames)], (kp[1:] - kp[:1]).reshape(len(frames), -1), atol=1e-5)
+    portrait = clip_portrait(rec, face.cfg.size, frames)
+    kp0, code0 = face.renderer.kp.detect(jnp.asarray(portrait[None], jnp.float32) / 255.0)
+    for t in (0, len(frames) // 2, len(frames) - 1):
+        kp, code = face.renderer.kp.detect(jnp.asarray(frames[t:t + 1], jnp.float32) / 255.0)
+        want = np.concatenate([np.asarray(kp - kp0).ravel(), np.asarray(code - code0).ravel()])
+        np.testing.assert_allclose(motion[t], want, atol=1e-5)
     summary = result.summary
     assert {"face_renderer", "face_motion"} <= set(summary)
     assert np.isfinite(summary["face_motion"]["diffusion"]) and 0 < summary["face_renderer"]["ssim"] <= 1
@@ -147,10 +153,12 @@ def test_video_targets_are_the_face_generators_encoders_on_the_gold_reply(traine
     portrait = read_image(mini_root / "avatars" / f"{avatar}.png", model.face.cfg.size)
     np.testing.assert_array_equal(batch["reply_portrait"][row], portrait)
     frames = batch["reply_frames"][row].astype(np.float32) / 255.0
-    kp = np.asarray(model.face.renderer.kp(jnp.asarray(frames)))
-    kp0 = np.asarray(model.face.renderer.kp(jnp.asarray(portrait[None].astype(np.float32) / 255.0)))
+    kp, expr = (np.asarray(x) for x in model.face.renderer.kp.detect(jnp.asarray(frames)))
+    kp0, expr0 = (np.asarray(x) for x in model.face.renderer.kp.detect(jnp.asarray(portrait[None] / 255.0,
+                                                                                    jnp.float32)))
     n = int(batch["reply_frames_len"][row])
-    code = model.face.style(jnp.asarray((kp - kp0).reshape(1, len(kp), -1)), jnp.asarray([n]))
+    motion = np.concatenate([(kp - kp0).reshape(len(kp), -1), expr - expr0], axis=-1)
+    code = model.face.style(jnp.asarray(motion[None]), jnp.asarray([n]))
     s = targets.style(batch, model)
     np.testing.assert_allclose(np.asarray(s.video[row]), np.asarray(code[0]), atol=1e-4)  # batched vs one
     assert bool(s.video_valid[row])

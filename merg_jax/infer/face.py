@@ -94,15 +94,15 @@ class Animator:
             return nnx.merge(graphdef, state).renderer.source(image)
 
         @jax.jit
-        def keypoints(state, frames):
-            return nnx.merge(graphdef, state).renderer.kp(frames)
+        def pose(state, frames):
+            return nnx.merge(graphdef, state).renderer.kp.detect(frames)
 
-        def render(state, src, kp, portrait, out_size):
+        def render(state, src, kp, code, portrait, out_size):
             r = nnx.merge(graphdef, state).renderer
-            return r.render(src, kp, out_size=out_size, portrait=portrait)
+            return r.render(src, kp, code, out_size=out_size, portrait=portrait)
 
         self._content, self._style, self._label_style = content, style, label_style
-        self._window, self._source, self._keypoints = window, source, keypoints
+        self._window, self._source, self._pose = window, source, pose
         self._render = jax.jit(render, static_argnames="out_size")
 
     # ------------------------------------------------------------------------------------------------ inputs
@@ -139,15 +139,17 @@ class Animator:
         frames = max(1, int(round(seconds * self.fps)))
         return self.content_from_mel(speech_mel(wave, self.cfg), frames)
 
-    def keypoints(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 frames [T, size, size, 3] → keypoints [T, K, 2]."""
-        out = []
+    def pose(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 frames [T, size, size, 3] → (keypoints [T, K, 2], expression codes [T, E])."""
+        kps, codes = [], []
         for s in range(0, len(frames), RENDER_CHUNK):
             x = np.zeros((RENDER_CHUNK, *frames.shape[1:]), np.uint8)
             chunk = frames[s:s + RENDER_CHUNK]
             x[:len(chunk)] = chunk
-            out.append(np.asarray(self._keypoints(self._state, jnp.asarray(x, jnp.float32) / 255.0))[:len(chunk)])
-        return np.concatenate(out)
+            kp, code = self._pose(self._state, jnp.asarray(x, jnp.float32) / 255.0)
+            kps.append(np.asarray(kp)[:len(chunk)])
+            codes.append(np.asarray(code)[:len(chunk)])
+        return np.concatenate(kps), np.concatenate(codes)
 
     def style_from_reference(self, frames: np.ndarray, neutral: np.ndarray) -> np.ndarray:
         """A reference clip (uint8 [T, H, W, 3] at `fps`) → style code [S]. Its motion is read against `neutral`, a
@@ -156,9 +158,11 @@ class Animator:
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[0] < 2:
             raise AnimationError(f"the reference clip must be frames [T ≥ 2, H, W, 3], got {frames.shape}")
+        from merg_jax.models.face.generator import motion_of
+
         frames = np.stack([_as_portrait(f, size) for f in frames[:self.cfg.max_frames]])
-        kp = self.keypoints(np.concatenate([_as_portrait(neutral, size)[None], frames]))
-        motion = (kp[1:] - kp[:1]).reshape(len(frames), -1)
+        kp, code = self.pose(np.concatenate([_as_portrait(neutral, size)[None], frames]))
+        motion = np.asarray(motion_of(kp[1:], code[1:], kp[0], code[0]))
         n = len(motion)
         pad = np.zeros((1, self.cfg.max_frames, motion.shape[1]), np.float32)
         pad[0, :n] = motion
@@ -222,15 +226,21 @@ class Animator:
         image = _as_portrait(portrait, cfg.size)
         src = self._source(self._state, jnp.asarray(image[None], jnp.float32) / 255.0)
         big = None if size == cfg.size else jnp.asarray(_as_portrait(portrait, size)[None], jnp.float32) / 255.0
-        kp0 = np.asarray(src.kp[0])
-        kp = kp0[None] + np.asarray(motion, np.float32).reshape(len(motion), cfg.num_keypoints, 2)
+        from merg_jax.models.face.generator import pose_of
+
+        motion = np.asarray(motion, np.float32)
+        if motion.ndim != 2 or motion.shape[1] != cfg.motion_dim:
+            raise AnimationError(f"motion must be [frames, {cfg.motion_dim}], got {motion.shape}")
+        kp0, code0 = np.asarray(src.kp[0]), np.asarray(src.code[0])
+        kp, code = (np.asarray(x) for x in pose_of(motion, kp0, code0))
         out = []
         for s in range(0, len(kp), RENDER_CHUNK):
-            chunk = kp[s:s + RENDER_CHUNK]
+            n = len(kp[s:s + RENDER_CHUNK])
             x = np.repeat(kp0[None], RENDER_CHUNK, axis=0)
-            x[:len(chunk)] = chunk
-            frames = self._render(self._state, src, jnp.asarray(x), big, out_size=size)
-            out.append((np.asarray(frames[:len(chunk)]) * 255.0 + 0.5).astype(np.uint8))
+            c = np.repeat(code0[None], RENDER_CHUNK, axis=0)
+            x[:n], c[:n] = kp[s:s + RENDER_CHUNK], code[s:s + RENDER_CHUNK]
+            frames = self._render(self._state, src, jnp.asarray(x), jnp.asarray(c), big, out_size=size)
+            out.append((np.asarray(frames[:n]) * 255.0 + 0.5).astype(np.uint8))
         return np.concatenate(out)
 
     def animate(self, portrait: np.ndarray, content: np.ndarray, style: np.ndarray | None, *,

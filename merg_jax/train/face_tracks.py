@@ -1,9 +1,10 @@
-"""Keypoint tracks for the face motion stage: every training clip's motion in the trained renderer's keypoints.
+"""Keypoint tracks for the face motion stage: every training clip's motion in the trained renderer's keypoints and
+expression codes.
 
     prepare_tracks(face, config, emit)      # writes {output_dir}/face_tracks/{train,valid}.npz, fills the motion stats
     tracks_path(config, "train")            # where the motion rows read them (`merg_jax.data.face_corpus`)
 
-A clip's motion is its frames' keypoints minus its portrait's (`FaceGenerator` docstring). The files carry a
+A clip's motion is its frames' keypoints and codes minus its portrait's (`FaceGenerator` docstring). The files carry a
 fingerprint of the keypoint detector's weights: a retrained renderer makes them again, a resumed run reuses them.
 Clips that do not decode are skipped and counted; `data.face_max_clips` (0: all) caps the clips per split. Writes
 are atomic.
@@ -38,23 +39,30 @@ def detector_fingerprint(face) -> str:
     return h.hexdigest()
 
 
-def keypoint_fn(face) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 frames [N, S, S, 3] → keypoints [N, K, 2] (float32), in chunks of one compiled shape."""
+def motion_fn(face) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """(uint8 portrait [S, S, 3], uint8 frames [N, S, S, 3]) → motion [N, 2K + E] (float32; `motion_of`), the
+    detector run in chunks of one compiled shape."""
+    from merg_jax.models.face.generator import motion_of
+
     graphdef, state = nnx.split(face.renderer.kp)
 
     @jax.jit
     def detect(state, frames):
-        return nnx.merge(graphdef, state)(frames.astype(jnp.float32) / 255.0)
+        return nnx.merge(graphdef, state).detect(frames.astype(jnp.float32) / 255.0)
 
-    def run(frames: np.ndarray) -> np.ndarray:
-        out = []
+    def run(portrait: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        frames = np.concatenate([portrait[None], frames])
+        kps, codes = [], []
         for s in range(0, len(frames), CHUNK):
             x = frames[s:s + CHUNK]
             pad = CHUNK - len(x)
             if pad:
                 x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-            out.append(np.asarray(detect(state, jnp.asarray(x)))[:CHUNK - pad])
-        return np.concatenate(out)
+            kp, code = detect(state, jnp.asarray(x))
+            kps.append(np.asarray(kp)[:CHUNK - pad])
+            codes.append(np.asarray(code)[:CHUNK - pad])
+        kp, code = np.concatenate(kps), np.concatenate(codes)
+        return np.asarray(motion_of(kp[1:], code[1:], kp[0], code[0]), np.float32)
 
     return run
 
@@ -64,7 +72,7 @@ def make_tracks(face, records: list[dict], emit: Callable[[str], None], *, what:
     from merg_jax.data.face_corpus import clip_frames, clip_portrait
 
     cfg = face.cfg
-    detect = keypoint_fn(face)
+    motion_of_clip = motion_fn(face)
 
     def load(rec):
         try:
@@ -81,8 +89,7 @@ def make_tracks(face, records: list[dict], emit: Callable[[str], None], *, what:
             if err is not None:
                 bad.append(err)
                 continue
-            kp = detect(np.concatenate([portrait[None], frames]))
-            motions.append((kp[1:] - kp[:1]).reshape(len(frames), -1).astype(np.float32))
+            motions.append(motion_of_clip(portrait, frames))
             index.append(int(rec["index"]))
             n_frames += len(frames)
             now = time.perf_counter()
@@ -145,4 +152,4 @@ def prepare_tracks(face, config, emit: Callable[[str], None]) -> None:
          f"{float(motion.std(0).mean()):.4f} (keypoint units)")
 
 
-__all__ = ["detector_fingerprint", "keypoint_fn", "make_tracks", "prepare_tracks", "tracks_path"]
+__all__ = ["detector_fingerprint", "make_tracks", "motion_fn", "prepare_tracks", "tracks_path"]

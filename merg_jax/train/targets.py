@@ -166,7 +166,7 @@ class GeneratorTargets(nnx.Module):
     (`model.speech`): its content encoder on the gold reply's symbols (C^s target, one vector per symbol) and its
     style encoder on the gold reply's log-mel (S^s target). Video half, from the trained face generator
     (`model.face`): its audio content encoder on the gold reply's log-mel (C^v target, one vector per video frame)
-    and its style encoder on the gold reply video's keypoint motion relative to the listener's portrait (S^v
+    and its style encoder on the gold reply video's motion relative to the listener's portrait (S^v
     target); without a face generator, `ReplyStatisticsTargets` stands in for the video half. Shapes are checked
     once, here, against the config: the synchronizer's and disentangler's sizes must be the generators', and
     `data.reply_audio` / `data.reply_video` must be the generators' mel and frames."""
@@ -235,12 +235,14 @@ class GeneratorTargets(nnx.Module):
         if self.video is not None:
             video = self.video.style(batch)
             return StyleTargets(speech=speech, speech_valid=has, video=video.video, video_valid=video.video_valid)
+        from merg_jax.models.face.generator import motion_of
+
         face = model.face
         frames = jnp.asarray(batch["reply_frames"])
         b, f = frames.shape[:2]
-        kp = face.renderer.kp(frames.reshape(b * f, *frames.shape[2:]).astype(jnp.float32) / 255.0)
-        kp0 = face.renderer.kp(jnp.asarray(batch["reply_portrait"]).astype(jnp.float32) / 255.0)
-        motion = (kp.reshape(b, f, -1, 2) - kp0[:, None]).reshape(b, f, -1)
+        kp, code = face.renderer.kp.detect(frames.reshape(b * f, *frames.shape[2:]).astype(jnp.float32) / 255.0)
+        kp0, code0 = face.renderer.kp.detect(jnp.asarray(batch["reply_portrait"]).astype(jnp.float32) / 255.0)
+        motion = jax.vmap(motion_of)(kp.reshape(b, f, *kp.shape[1:]), code.reshape(b, f, -1), kp0, code0)
         n = jnp.asarray(batch["reply_frames_len"], jnp.int32)
         video = jax.lax.stop_gradient(face.style(motion, n))
         return StyleTargets(speech=speech, speech_valid=has, video=video,

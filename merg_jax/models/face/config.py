@@ -2,9 +2,9 @@
 
     cfg = FaceConfig.from_dict(config.empatheia.face)   # unknown keys are errors that name the key
 
-Video: `size`×`size` RGB frames at `fps`. Motion: `num_keypoints` learned keypoints per frame, as offsets from the
-portrait's own keypoints (`[T, K, 2]`, x then y in [-1, 1] image coordinates), so a motion sequence carries no
-face shape and drives any portrait. Audio: the speech generator's log-mel (`sample_rate`, `n_fft`, `hop`,
+Video: `size`×`size` RGB frames at `fps`. Motion: `num_keypoints` learned keypoints per frame and an
+`expression_dim` expression code, as offsets from the portrait's own (`[T, 2K + E]`: x, y in [-1, 1] image
+coordinates, then the code), so a motion sequence carries no face shape and drives any portrait. Audio: the speech generator's log-mel (`sample_rate`, `n_fft`, `hop`,
 `n_mels`, `fmin`, `fmax`; the same feature, so a reply's generated mel drives the face without a second analysis).
 """
 
@@ -25,6 +25,7 @@ class FaceConfig:
     fps: float = 25.0
     # renderer: keypoint detector, dense motion, warping generator
     num_keypoints: int = 10
+    expression_dim: int = 8  # a code for what keypoints cannot move (an opening mouth, closing eyes); 0: none
     detector_size: int = 48  # the keypoint detector's input resolution
     detector_channels: int = 16
     kp_temperature: float = 0.1
@@ -76,7 +77,8 @@ class FaceConfig:
 
     @property
     def motion_dim(self) -> int:
-        return 2 * self.num_keypoints
+        """Per frame: the keypoints' offsets (2K) then the expression code's offset (expression_dim)."""
+        return 2 * self.num_keypoints + self.expression_dim
 
     @property
     def mel_fps(self) -> float:

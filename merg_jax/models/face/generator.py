@@ -9,8 +9,9 @@
     loss, metrics = face.renderer_losses(batch, key)  # stage face_renderer
     face.renderer                                   # FaceRenderer: keypoints, dense motion, warping generator
 
-Motion is the renderer's keypoints relative to the portrait's (`[T, K, 2]` flattened to 2K), so it carries
-expression and head motion but no face shape: generated motion is added to any portrait's own keypoints. The
+Motion is the renderer's keypoints and expression code relative to the portrait's (`motion_of`: `[T, 2K + E]`),
+so it carries expression and head motion but no face shape: generated motion is added to any portrait's own
+keypoints and code (`pose_of`). The
 denoiser works on motion normalised by `motion_mean` / `motion_std` (statistics of the training tracks, filled
 before the motion stage; not trained). Sampling windows and joining them: `merg_jax.infer.face`.
 """
@@ -35,6 +36,20 @@ from merg_jax.models.face.style_encoder import LabelStyle, MotionStyleEncoder
 # The batches of the face stages (merg_jax.data.face_corpus).
 RENDERER_KEYS = ("portrait", "frames")
 MOTION_KEYS = ("mel", "mel_len", "motion", "motion_len", "window_start", "style_start", "emotion7")
+
+
+def motion_of(kp: Float[Array, "T K 2"], code: Float[Array, "T E"], kp0: Float[Array, "K 2"],
+              code0: Float[Array, "E"]) -> Float[Array, "T D"]:
+    """Frames' keypoints and expression codes → motion relative to a portrait's (kp0, code0)."""
+    t = kp.shape[0]
+    return jnp.concatenate([(kp - kp0).reshape(t, -1), code - code0], axis=-1)
+
+
+def pose_of(motion: Float[Array, "T D"], kp0: Float[Array, "K 2"], code0: Float[Array, "E"]
+            ) -> tuple[Float[Array, "T K 2"], Float[Array, "T E"]]:
+    """The inverse of `motion_of`: a portrait's keypoints and code moved by `motion`."""
+    k = kp0.shape[0]
+    return kp0 + motion[:, :2 * k].reshape(-1, k, 2), code0 + motion[:, 2 * k:]
 
 
 class MotionStats(nnx.Variable):
@@ -154,4 +169,4 @@ class FaceGenerator(nnx.Module):
         return self.renderer.losses(source, driving, k_loss)
 
 
-__all__ = ["FaceGenerator", "MOTION_KEYS", "MotionStats", "RENDERER_KEYS"]
+__all__ = ["FaceGenerator", "MOTION_KEYS", "MotionStats", "RENDERER_KEYS", "motion_of", "pose_of"]

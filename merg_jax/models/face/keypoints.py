@@ -1,11 +1,15 @@
 """The keypoint detector: a frame → K learned keypoints (FOMM-style, no landmarks, no jacobians).
 
     kp = KeypointDetector(cfg, rngs=rngs)(frames)     # frames [B, S, S, 3] in [0, 1] → [B, K, 2] (x, y in [-1, 1])
+    kp, code = detector.detect(frames)                # and the expression code [B, E] from the same features
 
 An hourglass at `detector_size` (the frame is resized first) predicts K heatmaps at a quarter of that resolution;
 each keypoint is the expectation of its softmax(heatmap / temperature) over the pixel coordinates, so it moves
 smoothly with the image. Nothing tells it where faces are: the renderer's reconstruction and equivariance losses
-place the keypoints where motion happens (mouth, brows, head outline).
+place the keypoints where motion happens (head outline, brows). What moving points cannot say — a mouth that
+opens, eyes that close — goes into a small expression code pooled from the same features (`expression_dim`),
+which the renderer's decoder reads; the equivariance loss asks it to stay put under affine warps, so it carries
+expression rather than pose.
 """
 
 from __future__ import annotations
@@ -30,23 +34,37 @@ class KeypointDetector(nnx.Module):
         self.down3 = Down(4 * c, 4 * c, rngs=rngs)  # /8
         self.up = Up(4 * c, 2 * c, rngs=rngs)  # /4
         self.head = conv(6 * c, cfg.num_keypoints, 3, rngs=rngs)
+        self.expression = nnx.Linear(6 * c, cfg.expression_dim, rngs=rngs) if cfg.expression_dim else None
 
-    def heatmaps(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B h w K"]:
-        """The softmax heatmaps (each sums to 1 over its h×w pixels)."""
+    def _features(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B h w C"]:
         n = self.cfg.detector_size
         x = self.stem(resize(frames, n, n) - 0.5)
         x = self.down1(x)
         skip = self.down2(x)
-        x = jnp.concatenate([self.up(self.down3(skip)), skip], axis=-1)
+        return jnp.concatenate([self.up(self.down3(skip)), skip], axis=-1)
+
+    def _heatmaps(self, x: Float[Array, "B h w C"]) -> Float[Array, "B h w K"]:
         logits = self.head(x)
         b, h, w, k = logits.shape
         p = jax.nn.softmax(logits.reshape(b, h * w, k).astype(jnp.float32) / self.cfg.kp_temperature, axis=1)
         return p.reshape(b, h, w, k)
 
-    def __call__(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B K 2"]:
-        heat = self.heatmaps(frames)
+    def heatmaps(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B h w K"]:
+        """The softmax heatmaps (each sums to 1 over its h×w pixels)."""
+        return self._heatmaps(self._features(frames))
+
+    def detect(self, frames: Float[Array, "B S S 3"]) -> tuple[Float[Array, "B K 2"], Float[Array, "B E"]]:
+        """(keypoints, expression code); the code is [B, 0] when `expression_dim` is 0."""
+        x = self._features(frames)
+        heat = self._heatmaps(x)
         grid = coordinate_grid(heat.shape[1], heat.shape[2])
-        return jnp.einsum("bhwk,hwc->bkc", heat, grid)
+        kp = jnp.einsum("bhwk,hwc->bkc", heat, grid)
+        if self.expression is None:
+            return kp, jnp.zeros((frames.shape[0], 0), jnp.float32)
+        return kp, jnp.tanh(self.expression(jnp.mean(x, axis=(1, 2)))).astype(jnp.float32)
+
+    def __call__(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B K 2"]:
+        return self.detect(frames)[0]
 
 
 __all__ = ["KeypointDetector"]

@@ -2,13 +2,14 @@
 
     r = FaceRenderer(cfg, rngs=rngs)
     src = r.source(portrait)                  # SourceState: the portrait's features and keypoints, computed once
-    frames = r.render(src, kp_driving)        # kp_driving [N, K, 2] → [N, S, S, 3] in [0, 1] (N frames, one source)
-    frames = r.render(src, kp, out_size=256)  # a larger output: the warp reads the portrait at 256, see below
+    frames = r.render(src, kp_driving, code)  # kp [N, K, 2], expression code [N, E] → [N, S, S, 3] in [0, 1]
+    frames = r.render(src, kp, code, out_size=256)  # a larger output: the warp reads the portrait at 256
     loss, metrics = r.losses(source, driving, key)   # self-supervised: rebuild `driving` from `source`
 
 The generator encodes the source at 1/2 and 1/4 resolution, warps both levels with the dense motion (masked by the
 occlusion map), decodes through residual blocks — at full resolution beside the warped source image itself — and
-composites: out = α·warp(source) + (1 − α)·rgb, so
+composites: out = α·warp(source) + (1 − α)·rgb; the driving expression code modulates the decoder (FiLM at 1/4 and
+1/2 resolution), which is how a mouth opens where no keypoint moves. So
 what the source shows keeps its pixels (identity, sharpness) and the network paints only what is new (the inside
 of an opening mouth, closed eyelids). That is also how it renders above its trained size: the flow, α and rgb are
 upsampled and the warp reads the full-resolution portrait.
@@ -39,10 +40,11 @@ from merg_jax.models.face.warp import resize, resize_field, warp
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class SourceState:
-    """What the renderer keeps of a source image: the image, its keypoints and its encoder features."""
+    """What the renderer keeps of a source image: the image, its keypoints, expression code and encoder features."""
 
     image: Float[Array, "B S S 3"]
     kp: Float[Array, "B K 2"]
+    code: Float[Array, "B E"]
     features: tuple[Float[Array, "B S S C0"], Float[Array, "B S2 S2 C1"], Float[Array, "B S4 S4 C2"]]
 
     def repeat(self, n: int) -> SourceState:
@@ -66,6 +68,8 @@ class FaceRenderer(nnx.Module):
         self.dec0 = Up(c1, c0, rngs=rngs)
         self.fuse0 = ConvNormAct(c0 + 4, c0, rngs=rngs)  # + the warped source image and the occlusion
         self.head = conv(c0, 4, 3, rngs=rngs)
+        e = cfg.expression_dim
+        self.film = (nnx.Linear(e, 2 * (c2 + c1), kernel_init=nnx.initializers.zeros, rngs=rngs) if e else None)
 
     def _check(self, images, what: str):
         s = self.cfg.size
@@ -78,15 +82,22 @@ class FaceRenderer(nnx.Module):
         e0 = self.enc0(image - 0.5)
         e1 = self.enc1(e0)
         e2 = self.enc2(e1)
-        return SourceState(image=image, kp=self.kp(image), features=(e0, e1, e2))
+        kp, code = self.kp.detect(image)
+        return SourceState(image=image, kp=kp, code=code, features=(e0, e1, e2))
 
     def motion(self, src: SourceState, kp_driving: Float[Array, "B K 2"]):
         """(flow [B, m, m, 2], occlusion [B, m, m, 1]) from the source to the driving keypoints."""
         return self.dense(src.image, src.kp, kp_driving)
 
-    def decode(self, src: SourceState, flow, occlusion) -> tuple[Float[Array, "B S S 3"], Float[Array, "B S S 1"]]:
+    def decode(self, src: SourceState, flow, occlusion, code: Float[Array, "B E"]
+               ) -> tuple[Float[Array, "B S S 3"], Float[Array, "B S S 1"]]:
         """(rgb, α) at the trained size."""
         e0, e1, e2 = src.features
+        c1, c2 = self.cfg.channels[1], self.cfg.channels[2]
+        if self.film is not None:
+            g2, b2, g1, b1 = jnp.split(self.film(code)[:, None, None, :], [c2, 2 * c2, 2 * c2 + c1], axis=-1)
+        else:
+            g2 = b2 = g1 = b1 = 0.0
 
         def warped(f):
             occ = resize_field(occlusion, f.shape[1], f.shape[2])
@@ -95,7 +106,9 @@ class FaceRenderer(nnx.Module):
         x = warped(e2)
         for block in self.mid:
             x = block(x)
+        x = x * (1.0 + g2) + b2
         x = self.fuse1(jnp.concatenate([self.dec1(x), warped(e1)], axis=-1))
+        x = x * (1.0 + g1) + b1
         # Full resolution reads the warped image, not warped features: a gather of 4 channels instead of c0 (the
         # warps' gathers and their scatter-add gradients dominate a CPU step).
         occ = resize_field(occlusion, e0.shape[1], e0.shape[2])
@@ -103,15 +116,18 @@ class FaceRenderer(nnx.Module):
         h = self.head(x).astype(jnp.float32)
         return jax.nn.sigmoid(h[..., :3]), jax.nn.sigmoid(h[..., 3:])
 
-    def render(self, src: SourceState, kp_driving: Float[Array, "B K 2"], *, out_size: int | None = None,
-               portrait: Float[Array, "B O O 3"] | None = None) -> Float[Array, "B O O 3"]:
-        """Frames for the driving keypoints (src batch 1 is shared by all of them). At `out_size` above the trained
-        size, `portrait` (the same image at out_size; default the source upsampled) is warped at full size."""
+    def render(self, src: SourceState, kp_driving: Float[Array, "B K 2"], code: Float[Array, "B E"] | None = None,
+               *, out_size: int | None = None, portrait: Float[Array, "B O O 3"] | None = None
+               ) -> Float[Array, "B O O 3"]:
+        """Frames for the driving keypoints and expression codes (default: the source's code; src batch 1 is shared
+        by all of them). At `out_size` above the trained size, `portrait` (the same image at out_size; default the
+        source upsampled) is warped at full size."""
         n = kp_driving.shape[0]
         if src.image.shape[0] == 1 and n > 1:
             src = src.repeat(n)
+        code = src.code if code is None else code
         flow, occlusion = self.motion(src, kp_driving)
-        rgb, alpha = self.decode(src, flow, occlusion)
+        rgb, alpha = self.decode(src, flow, occlusion, code)
         size = out_size or self.cfg.size
         if size == self.cfg.size:
             image = src.image
@@ -122,22 +138,24 @@ class FaceRenderer(nnx.Module):
         return jnp.clip(alpha * warp(image, flow) + (1.0 - alpha) * rgb, 0.0, 1.0)
 
     def __call__(self, source: Float[Array, "B S S 3"], driving: Float[Array, "B S S 3"]) -> Float[Array, "B S S 3"]:
-        """Rebuild each driving frame from its source frame and the driving frame's keypoints."""
+        """Rebuild each driving frame from its source frame and the driving frame's keypoints and expression."""
         self._check(driving, "the driving frames")
-        return self.render(self.source(source), self.kp(driving))
+        return self.render(self.source(source), *self.kp.detect(driving))
 
     def losses(self, source: Float[Array, "B S S 3"], driving: Float[Array, "B S S 3"], key: jax.Array,
                *, change_weight: float = 4.0, equivariance: float = 10.0) -> tuple[Float[Array, ""], dict]:
         """The self-supervised losses of one batch of (source, driving) pairs, images in [0, 1]."""
         src = self.source(source)
-        kp_d = self.kp(driving)
-        pred = self.render(src, kp_d)
+        kp_d, code_d = self.kp.detect(driving)
+        pred = self.render(src, kp_d, code_d)
         weight = 1.0 + change_weight * jnp.mean(jnp.abs(driving - source), axis=-1, keepdims=True)
         l1 = pyramid_l1(pred, driving, weight)
         ssim = jnp.mean(ssim_map(pred, driving))
         affine = random_affine(key, driving.shape[0])
-        kp_t = self.kp(affine_warp_images(driving, affine))
+        kp_t, code_t = self.kp.detect(affine_warp_images(driving, affine))
         equi = jnp.mean(jnp.abs(apply_affine(affine, kp_t) - kp_d))
+        if code_d.shape[-1]:  # the expression is the same under a small affine warp
+            equi = equi + jnp.mean(jnp.abs(code_t - code_d))
         loss = l1 + 0.5 * (1.0 - ssim) + equivariance * equi
         return loss, {"l1": l1, "ssim": ssim, "equivariance": equi}
 
