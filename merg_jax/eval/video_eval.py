@@ -101,7 +101,8 @@ class FrameEmotionClassifier:
             raise ValueError("the frame-emotion classifier needs the video tower with its clip emotion head "
                              "(config.empatheia.clip_emotion_head=True, trained by the `encoders` stage)")
         v = loaded.config.data.video
-        self.fps, self.size, self.crop, self.frames = float(v.fps), int(v.size), float(v.get("crop", 1.0)), int(v.frames)
+        self.fps, self.size = float(v.fps), int(v.size)
+        self.crop, self.frames = float(v.get("crop", 1.0)), int(v.frames)
         graphdef, state = nnx.split(model)
 
         @jax.jit

@@ -12,8 +12,9 @@
     face_motion   the rest of the face generator: audio content and style encoders, label styles, motion denoiser
 
 A group is decided by the first name on a parameter's path (the `Empatheia` attribute that holds it), inside
-`llm` by its variable type, and inside `face` by whether it is the renderer. `group_filter(*names)` is an nnx filter (for `nnx.DiffState`, `nnx.Optimizer(wrt=)`,
-`nnx.state(model, filter)`); `group_labels(state)` is the label tree `optax.multi_transform` takes.
+`llm` by its variable type, and inside `face` by whether it is the renderer. `group_filter(*names)` is an nnx
+filter (for `nnx.DiffState`, `nnx.Optimizer(wrt=)`, `nnx.state(model, filter)`); `group_labels(state)` is the label
+tree `optax.multi_transform` takes.
 """
 
 from __future__ import annotations

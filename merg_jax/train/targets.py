@@ -187,7 +187,8 @@ class GeneratorTargets(nnx.Module):
         sp, fc = model_cfg.speech, model_cfg.face
         if sp is None:
             raise ValueError("config.targets.kind='generators' needs the speech generator (config.empatheia.speech)")
-        sync, dis, ra, rv = model_cfg.synchronizer, model_cfg.disentangler, config.data.reply_audio, config.data.reply_video
+        sync, dis = model_cfg.synchronizer, model_cfg.disentangler
+        ra, rv = config.data.reply_audio, config.data.reply_video
         want = {"empatheia.synchronizer.speech_content_len": (sync.speech_content_len, sp.max_tokens),
                 "empatheia.synchronizer.speech_content_dim": (sync.speech_content_dim, sp.content_dim),
                 "empatheia.disentangler.speech_style_dim": (dis.speech_style_dim, sp.style_dim),
@@ -260,5 +261,5 @@ def make_targets(config, model_cfg) -> TargetEncoders:
     return TARGET_KINDS[kind].from_config(config, model_cfg)
 
 
-__all__ = ["ContentTargets", "GeneratorTargets", "ReplyStatisticsTargets", "StyleTargets", "TARGET_KINDS", "TargetEncoders",
-           "TargetWeight", "make_targets"]
+__all__ = ["ContentTargets", "GeneratorTargets", "ReplyStatisticsTargets", "StyleTargets", "TARGET_KINDS",
+           "TargetEncoders", "TargetWeight", "make_targets"]

@@ -4,8 +4,9 @@
 
 Video: `size`×`size` RGB frames at `fps`. Motion: `num_keypoints` learned keypoints per frame and an
 `expression_dim` expression code, as offsets from the portrait's own (`[T, 2K + E]`: x, y in [-1, 1] image
-coordinates, then the code), so a motion sequence carries no face shape and drives any portrait. Audio: the speech generator's log-mel (`sample_rate`, `n_fft`, `hop`,
-`n_mels`, `fmin`, `fmax`; the same feature, so a reply's generated mel drives the face without a second analysis).
+coordinates, then the code), so a motion sequence carries no face shape and drives any portrait. Audio: the speech
+generator's log-mel (`sample_rate`, `n_fft`, `hop`, `n_mels`, `fmin`, `fmax`; the same feature, so a reply's
+generated mel drives the face without a second analysis).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class FaceConfig:
     motion_size: int = 24  # resolution of the dense motion field (size / 4)
     channels: tuple[int, ...] = (16, 32, 64)  # generator widths at size, size/2, size/4
     blocks: int = 2  # residual blocks at size/4
+    change_weight: float = 4.0  # the reconstruction loss's extra weight on pixels that differ between the two frames
     # audio (the speech generator's log-mel)
     sample_rate: int = 16000
     n_fft: int = 1024

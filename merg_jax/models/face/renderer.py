@@ -143,12 +143,14 @@ class FaceRenderer(nnx.Module):
         return self.render(self.source(source), *self.kp.detect(driving))
 
     def losses(self, source: Float[Array, "B S S 3"], driving: Float[Array, "B S S 3"], key: jax.Array,
-               *, change_weight: float = 4.0, equivariance: float = 10.0) -> tuple[Float[Array, ""], dict]:
+               *, equivariance: float = 10.0) -> tuple[Float[Array, ""], dict]:
         """The self-supervised losses of one batch of (source, driving) pairs, images in [0, 1]."""
         src = self.source(source)
         kp_d, code_d = self.kp.detect(driving)
         pred = self.render(src, kp_d, code_d)
-        weight = 1.0 + change_weight * jnp.mean(jnp.abs(driving - source), axis=-1, keepdims=True)
+        # Pixels that change between the frames (a mouth opening, eyes closing) are few; without this weight the
+        # loss is all background and head outline.
+        weight = 1.0 + self.cfg.change_weight * jnp.mean(jnp.abs(driving - source), axis=-1, keepdims=True)
         l1 = pyramid_l1(pred, driving, weight)
         ssim = jnp.mean(ssim_map(pred, driving))
         affine = random_affine(key, driving.shape[0])
