@@ -274,8 +274,10 @@ def make_face_iterator(config, split: str, *, kind: str = "renderer", tracks: st
     if kind == "motion" and not (tracks and os.path.isfile(tracks)):
         raise ValueError(f"face motion rows need the keypoint tracks file; {tracks!r} does not exist")
     records = clip_records(str(config.data.root), split) if records is None else records
-    if kind == "motion":
-        records = motion_records(records, spec.max_frames, spec.fps)
+    if kind == "motion":  # the clips the tracks hold: short enough, with audio, under face_max_clips, decoded
+        with np.load(tracks) as z:
+            tracked = {int(i) for i in z["index"]}
+        records = [r for r in records if int(r["index"]) in tracked]
     transform = RendererTransform(spec) if kind == "renderer" else MotionTransform(spec)
     return make_row_iterator(config, records, transform, _PadRows(spec, kind), name=f"face-{kind}/{split}",
                              shard_index=shard_index, shard_count=shard_count, shuffle=shuffle, num_epochs=num_epochs,

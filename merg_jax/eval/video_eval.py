@@ -157,13 +157,59 @@ def _sync(judge, frames, wave, sr) -> dict | None:
         return None
 
 
+class ClipRebuilder:
+    """The renderer's own test: every frame of a clip rebuilt from the clip's first frame and that frame's keypoints
+    and expression code (compiled once for chunks of `chunk` frames).
+
+        rebuild = ClipRebuilder(face.renderer)
+        rec = rebuild(real)        # uint8 [T, S, S, 3] → uint8 [T, S, S, 3]
+    """
+
+    def __init__(self, renderer, chunk: int = 32):
+        import jax
+        from flax import nnx
+
+        graphdef, self._state = nnx.split(renderer)
+        self._fn = jax.jit(lambda state, s, d: nnx.merge(graphdef, state)(s, d))
+        self.chunk = chunk
+
+    def __call__(self, real: np.ndarray) -> np.ndarray:
+        import jax.numpy as jnp
+
+        x = jnp.asarray(real, jnp.float32) / 255.0
+        out = []
+        for s in range(0, len(real), self.chunk):
+            d = x[s:s + self.chunk]
+            if len(d) < self.chunk:  # one compiled shape: pad with the last frame
+                d = jnp.concatenate([d, jnp.repeat(d[-1:], self.chunk - len(d), 0)])
+            out.append(np.asarray(self._fn(self._state, jnp.broadcast_to(x[:1], d.shape), d))[: len(real) - s])
+        return (np.concatenate(out) * 255.0 + 0.5).astype(np.uint8)
+
+
+def renderer_scores(rebuilt: np.ndarray, real: np.ndarray, mouth) -> dict[str, float]:
+    """SSIM of a rebuilt clip, full frame and mouth region, beside copying the first frame to every frame."""
+    from merg_jax.eval.video import video_ssim
+
+    first = np.repeat(real[:1], len(real), 0)
+    return {"ssim": video_ssim(rebuilt, real), "ssim_mouth": video_ssim(rebuilt, real, mouth),
+            "copy_ssim": video_ssim(first, real), "copy_ssim_mouth": video_ssim(first, real, mouth)}
+
+
+def pick_clips(data_root: str, split: str, limit: int) -> list[dict]:
+    """The evaluated clips: `limit` of the split's clips with audio, video and an avatar portrait, drawn with seed 0
+    (the same ones on every call)."""
+    from merg_jax.data.face_corpus import clip_records
+
+    records = [r for r in clip_records(str(data_root), split) if r["audio"] and r["portrait"]]
+    if not records:
+        raise ValueError(f"{data_root}: no {split} clip has audio, video and an avatar portrait to evaluate")
+    pick = np.random.default_rng(0).permutation(len(records))[: max(1, int(limit))]
+    return [records[i] for i in sorted(pick)]
+
+
 def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 20, sync_dir: str | None = None,
                    sync_steps: int = 1500, emit: Callable[[str], None] | None = None) -> dict[str, Any]:
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from merg_jax.data.face_corpus import clip_frames, clip_records, read_image
+    from merg_jax.data.face_corpus import clip_frames, read_image
     from merg_jax.data.speech_corpus import read_speech
     from merg_jax.eval.video import MOUTH_REGION_96, scale_region, video_cpbd, video_psnr, video_ssim
     from merg_jax.infer.face import Animator
@@ -174,13 +220,8 @@ def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 
     cfg = face.cfg
     size, fps, sr = cfg.size, cfg.fps, cfg.sample_rate
     mouth = scale_region(MOUTH_REGION_96, size)
-    records = [r for r in clip_records(str(data_root), split) if r["audio"] and r["portrait"]]
-    if not records:
-        raise ValueError(f"{data_root}: no {split} clip has audio, video and an avatar portrait to evaluate")
-    pick = np.random.default_rng(0).permutation(len(records))[: max(1, int(limit))]
-    records = [records[i] for i in sorted(pick)]
-    graphdef, state = nnx.split(face.renderer)
-    rebuild = jax.jit(lambda state, s, d: nnx.merge(graphdef, state)(s, d))
+    records = pick_clips(data_root, split, limit)
+    rebuild = ClipRebuilder(face.renderer)
     try:
         classify = FrameEmotionClassifier(loaded)
     except ValueError as e:
@@ -207,18 +248,8 @@ def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 
             emit(f"video eval: skipped {r['video']}: {type(e).__name__}: {e}")
             continue
         row: dict[str, Any] = {"video": r["video"]}
-        # renderer: rebuild every frame from the first one
-        rec = []
-        x = jnp.asarray(real, jnp.float32) / 255.0
-        for s in range(0, len(real), 32):
-            d = x[s:s + 32]
-            if len(d) < 32:
-                d = jnp.concatenate([d, jnp.repeat(d[-1:], 32 - len(d), 0)])
-            rec.append(np.asarray(rebuild(state, jnp.broadcast_to(x[:1], d.shape), d))[: len(real) - s])
-        rec = (np.concatenate(rec) * 255.0 + 0.5).astype(np.uint8)
+        row["renderer"] = renderer_scores(rebuild(real), real, mouth)
         first = np.repeat(real[:1], len(real), 0)
-        row["renderer"] = {"ssim": video_ssim(rec, real), "ssim_mouth": video_ssim(rec, real, mouth),
-                           "copy_ssim": video_ssim(first, real), "copy_ssim_mouth": video_ssim(first, real, mouth)}
         # the generator, in the real clip's style (timed)
         t0 = time.perf_counter()
         content = anim.content_from_speech(wave, sr)
@@ -291,5 +322,5 @@ def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 
     return out
 
 
-__all__ = ["FrameEmotionClassifier", "correlation", "energy_envelope", "evaluate_video", "identity_ssim",
+__all__ = ["ClipRebuilder", "FrameEmotionClassifier", "pick_clips", "renderer_scores", "correlation", "energy_envelope", "evaluate_video", "identity_ssim",
            "mouth_opening", "sync_judge"]

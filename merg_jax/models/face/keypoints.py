@@ -7,9 +7,8 @@ An hourglass at `detector_size` (the frame is resized first) predicts K heatmaps
 each keypoint is the expectation of its softmax(heatmap / temperature) over the pixel coordinates, so it moves
 smoothly with the image. Nothing tells it where faces are: the renderer's reconstruction and equivariance losses
 place the keypoints where motion happens (head outline, brows). What moving points cannot say — a mouth that
-opens, eyes that close — goes into a small expression code pooled from the same features (`expression_dim`),
-which the renderer's decoder reads; the equivariance loss asks it to stay put under affine warps, so it carries
-expression rather than pose.
+opens, eyes that close — goes into a small expression code (`expression_dim` numbers), read from the same features
+through as many learned attention maps, which the renderer's decoder reads.
 """
 
 from __future__ import annotations
@@ -34,7 +33,12 @@ class KeypointDetector(nnx.Module):
         self.down3 = Down(4 * c, 4 * c, rngs=rngs)  # /8
         self.up = Up(4 * c, 2 * c, rngs=rngs)  # /4
         self.head = conv(6 * c, cfg.num_keypoints, 3, rngs=rngs)
-        self.expression = nnx.Linear(6 * c, cfg.expression_dim, rngs=rngs) if cfg.expression_dim else None
+        e = cfg.expression_dim
+        # The code reads features where E learned attention maps look (softmax over pixels, like a heatmap): a
+        # plain spatial mean of GroupNorm-ed features is nearly the same for every frame (the norm fixes each
+        # group's statistics), and a code pooled that way collapsed to a constant in training.
+        self.attend = conv(6 * c, e, 3, rngs=rngs) if e else None
+        self.expression = nnx.Linear(e * 6 * c, e, rngs=rngs) if e else None
 
     def _features(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B h w C"]:
         n = self.cfg.detector_size
@@ -61,7 +65,10 @@ class KeypointDetector(nnx.Module):
         kp = jnp.einsum("bhwk,hwc->bkc", heat, grid)
         if self.expression is None:
             return kp, jnp.zeros((frames.shape[0], 0), jnp.float32)
-        return kp, jnp.tanh(self.expression(jnp.mean(x, axis=(1, 2)))).astype(jnp.float32)
+        b, h, w, c = x.shape
+        attention = jax.nn.softmax(self.attend(x).reshape(b, h * w, -1).astype(jnp.float32), axis=1)
+        pooled = jnp.einsum("bpe,bpc->bec", attention.astype(x.dtype), x.reshape(b, h * w, c))
+        return kp, jnp.tanh(self.expression(pooled.reshape(b, -1))).astype(jnp.float32)
 
     def __call__(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B K 2"]:
         return self.detect(frames)[0]
