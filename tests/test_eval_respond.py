@@ -117,6 +117,13 @@ def test_eval_writes_metrics_a_table_and_a_valid_submission(trained_run, mini_ro
                 "cpbd", "sync", "real_time_factor", "real_time_factor_256"):
         assert key in video, key
     assert video["ssim"]["still"] > 0 and video["mouth_vs_track"]["real"] > 0.5  # the pixel measure reads real lips
+    from merg_jax.eval.video_eval import pick_clips
+
+    speakers = [r for r in pick_clips(str(mini_root), "test", 2) if r["emotion7"] >= 0]  # listeners carry no label
+    assert ("emotion" in video) == bool(speakers)
+    if speakers:
+        assert video["emotion"]["clips"] == len(speakers)
+        assert {"label_driven", "reference_driven", "real_motion", "real"} <= set(video["emotion"])
     assert (out / "judges" / "sync" / "config.json").exists()
     assert metrics["dist1"] == pytest.approx(_distinct(responses, 1), abs=1e-9)
     assert metrics["dist2"] == pytest.approx(_distinct(responses, 2), abs=1e-9)

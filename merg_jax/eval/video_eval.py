@@ -18,7 +18,9 @@ For each of `limit` clips with audio, video and an avatar portrait (a fixed, see
   once and kept in `sync_dir`) on generated, real and still clips, with the judge's accuracy at finding the true
   audio offset of real clips beside them;
 - **emotion**: Empatheia's own video tower with its clip emotion head (trained on the training split's speaker
-  clips by the `encoders` stage) on generated clips (label- and reference-driven) and on the real ones;
+  clips by the `encoders` stage) on generated clips (label- and reference-driven), on the portrait moved by the
+  real clip's own keypoints and codes (`real_motion`: what the renderer can show with perfect motion) and on the
+  real clips;
 - **real-time factor**: seconds of animation (content, motion, rendering; batch 1, after compilation) per second
   of video, at the trained size and at 256×256.
 """
@@ -213,6 +215,7 @@ def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 
     from merg_jax.data.speech_corpus import read_speech
     from merg_jax.eval.video import MOUTH_REGION_96, scale_region, video_cpbd, video_psnr, video_ssim
     from merg_jax.infer.face import Animator
+    from merg_jax.models.face.generator import motion_of
 
     emit = emit or log.info
     face = loaded.model.face
@@ -283,8 +286,12 @@ def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 
             real_clips.append((ref, wave, sr))
         if classify is not None and r["emotion7"] >= 0:
             label = anim.animate(portrait, content, anim.style_from_label(labels.EMOTIONS_7[r["emotion7"]]))
+            # the renderer's ceiling: the portrait moved by the real clip's own keypoints and codes
+            kp, code = anim.pose(np.concatenate([portrait[None], real]))
+            replay = anim.render(portrait, np.asarray(motion_of(kp[1:], code[1:], kp[0], code[0])))
             row["emotion"] = {"gold": r["emotion7"], "label_driven": classify(label, fps),
-                              "reference_driven": classify(gen, fps), "real": classify(ref, fps)}
+                              "reference_driven": classify(gen, fps), "real_motion": classify(replay, fps),
+                              "real": classify(ref, fps)}
         rows.append(row)
         if (k + 1) % 5 == 0:
             emit(f"video eval: {k + 1}/{len(records)} clips")
@@ -309,7 +316,7 @@ def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 
     emo = [r["emotion"] for r in rows if "emotion" in r]
     if emo:
         out["emotion"] = {k: float(np.mean([e[k] == e["gold"] for e in emo]))
-                          for k in ("label_driven", "reference_driven", "real")}
+                          for k in ("label_driven", "reference_driven", "real_motion", "real")}
         out["emotion"].update(clips=len(emo), chance=1.0 / len(labels.EMOTIONS_7))
     # the real-time factor at 256×256 on the first clip
     wave = read_speech(records[0]["audio"], sr)
