@@ -76,6 +76,29 @@ def test_affine_warp_moves_a_point_where_apply_affine_says():
                                [20 / 16 - 1, 10 / 16 - 1], atol=1e-6)
 
 
+def test_code_spread_hinge_charges_a_constant_code_exactly_its_margin():
+    """The renderer's variance hinge: a code that never changes between the frames of a pair (here: the expression
+    layer zeroed, so every code is tanh(0) = 0) costs exactly `code_spread` more loss; a code that changes by more
+    than the margin costs nothing."""
+    import dataclasses
+
+    rng = np.random.default_rng(0)
+    source, driving = (jnp.asarray(rng.uniform(0, 1, (4, 32, 32, 3)), jnp.float32) for _ in range(2))
+
+    def losses(margin, zero_code):
+        r = FaceRenderer(dataclasses.replace(TINY, code_spread=margin), rngs=nnx.Rngs(0))
+        if zero_code:
+            r.kp.expression.kernel[...] = jnp.zeros_like(r.kp.expression.kernel[...])
+            r.kp.expression.bias[...] = jnp.zeros_like(r.kp.expression.bias[...])
+        loss, metrics = r.losses(source, driving, jax.random.key(0))
+        return float(loss), float(metrics["code_spread"])
+
+    (with_hinge, spread), (without, _) = losses(0.1, True), losses(0.0, True)
+    assert spread == 0.0 and with_hinge - without == pytest.approx(0.1, abs=1e-6)
+    (big, spread), (base, _) = losses(1e-4, False), losses(0.0, False)
+    assert spread > 1e-3 and big == pytest.approx(base, abs=1e-7)  # every number spreads more than 1e-4: no charge
+
+
 def test_schedule_is_the_cumulative_product_and_ddim_with_an_oracle_recovers_x0():
     s = Schedule.linear(50, 1e-4, 0.05)
     betas = [1e-4 + (0.05 - 1e-4) * i / 49 for i in range(50)]

@@ -151,9 +151,9 @@ class Animator:
             codes.append(np.asarray(code)[:len(chunk)])
         return np.concatenate(kps), np.concatenate(codes)
 
-    def style_from_reference(self, frames: np.ndarray, neutral: np.ndarray) -> np.ndarray:
-        """A reference clip (uint8 [T, H, W, 3] at `fps`) → style code [S]. Its motion is read against `neutral`, a
-        still, neutral image of the same face (the animated portrait when the reference shows the same avatar)."""
+    def motion_of_clip(self, frames: np.ndarray, neutral: np.ndarray) -> np.ndarray:
+        """A clip (uint8 [T, H, W, 3] at `fps`) → its motion [min(T, max_frames), D] read against `neutral`, a
+        still, neutral image of the same face; `render(neutral, motion)` replays the clip on that face."""
         size = self.cfg.size
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[0] < 2:
@@ -162,7 +162,15 @@ class Animator:
 
         frames = np.stack([_as_portrait(f, size) for f in frames[:self.cfg.max_frames]])
         kp, code = self.pose(np.concatenate([_as_portrait(neutral, size)[None], frames]))
-        motion = np.asarray(motion_of(kp[1:], code[1:], kp[0], code[0]))
+        return np.asarray(motion_of(kp[1:], code[1:], kp[0], code[0]))
+
+    def style_from_reference(self, frames: np.ndarray, neutral: np.ndarray) -> np.ndarray:
+        """A reference clip (uint8 [T, H, W, 3] at `fps`) → style code [S]. Its motion is read against `neutral`, a
+        still, neutral image of the same face (the animated portrait when the reference shows the same avatar)."""
+        return self.style_from_motion(self.motion_of_clip(frames, neutral))
+
+    def style_from_motion(self, motion: np.ndarray) -> np.ndarray:
+        """A clip's motion (`motion_of_clip`) → style code [S]."""
         n = len(motion)
         pad = np.zeros((1, self.cfg.max_frames, motion.shape[1]), np.float32)
         pad[0, :n] = motion
