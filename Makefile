@@ -25,7 +25,7 @@ test:
 	fi
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[test]'
-	$(PYTHON) -m pytest -q --durations=30
+	$(PYTHON) -m pytest -q -n 2 --dist loadgroup --durations=30
 
 bench: install
 	$(PYTHON) -m merg_jax.cli bench llm

@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
         # ~5 epochs of the ~3,200 training utterances up to 10.2 s (~0.5 s a step on 2 cores).
         speech=dict(steps=2200, learning_rate=2e-3, batch_size=8, log_every=50),
         # The face renderer: 8 clips a step, 3 frames of each rebuilt from the portrait or a fourth frame.
-        face_renderer=dict(steps=600, learning_rate=2e-3, batch_size=8, log_every=25),
+        face_renderer=dict(steps=800, learning_rate=2e-3, batch_size=8, log_every=25),
         # The motion generator on keypoint tracks of the training clips (made once, before the stage).
         face_motion=dict(steps=1500, learning_rate=1e-3, batch_size=16, log_every=50)))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=200, keep=2, async_save=True))
@@ -93,8 +93,8 @@ def get_config() -> ml_collections.ConfigDict:
                     vocoder_dim=192, vocoder_layers=6, vocoder_segment=32),
         # the talking-face generator (merg_jax/models/face): 96x96 at 25 fps, 10 learnt keypoints, driven by the
         # speech generator's mel; the FaceConfig defaults (content 32 = C^v, style 32 = S^v)
-        face=dict(size=96, fps=25.0, num_keypoints=10, expression_dim=8, detector_size=48, detector_channels=16,
-                  motion_size=24, channels=(16, 32, 64), blocks=2, change_weight=4.0, content_dim=32,
+        face=dict(size=96, fps=25.0, num_keypoints=10, expression_dim=12, detector_size=48, detector_channels=16,
+                  motion_size=24, channels=(16, 32, 64), blocks=2, change_weight=20.0, content_dim=32,
                   content_hidden=128, content_layers=4,
                   style_dim=32, style_hidden=128, style_layers=3, style_frames=64, dim=128, layers=3, heads=4,
                   window=64, overlap=16, sample_steps=10, guidance=1.5, max_frames=256)))

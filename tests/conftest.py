@@ -31,3 +31,13 @@ def trained_run(mini_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "tiny"
     result = train_stages(trainer_config(mini_root, out), mesh=single_device_mesh(), emit=lambda line: None)
     return out, result
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): one worker per test module, and every test
+    that reads the session's `trained_run` on the same worker, so the fixtures that take minutes are built once.
+    On 2 cores two workers still gain: much of the suite is single-threaded XLA compilation and Python."""
+    for item in items:
+        group = "trained_run" if "trained_run" in getattr(item, "fixturenames", ()) else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))

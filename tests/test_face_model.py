@@ -6,6 +6,8 @@ the expression."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,7 +82,6 @@ def test_code_spread_hinge_charges_a_constant_code_exactly_its_margin():
     """The renderer's variance hinge: a code that never changes between the frames of a pair (here: the expression
     layer zeroed, so every code is tanh(0) = 0) costs exactly `code_spread` more loss; a code that changes by more
     than the margin costs nothing."""
-    import dataclasses
 
     rng = np.random.default_rng(0)
     source, driving = (jnp.asarray(rng.uniform(0, 1, (4, 32, 32, 3)), jnp.float32) for _ in range(2))
@@ -88,8 +89,8 @@ def test_code_spread_hinge_charges_a_constant_code_exactly_its_margin():
     def losses(margin, zero_code):
         r = FaceRenderer(dataclasses.replace(TINY, code_spread=margin), rngs=nnx.Rngs(0))
         if zero_code:
-            r.kp.expression.kernel[...] = jnp.zeros_like(r.kp.expression.kernel[...])
-            r.kp.expression.bias[...] = jnp.zeros_like(r.kp.expression.bias[...])
+            r.kp.expression.out.kernel[...] = jnp.zeros_like(r.kp.expression.out.kernel[...])
+            r.kp.expression.out.bias[...] = jnp.zeros_like(r.kp.expression.out.bias[...])
         loss, metrics = r.losses(source, driving, jax.random.key(0))
         return float(loss), float(metrics["code_spread"])
 
@@ -97,6 +98,38 @@ def test_code_spread_hinge_charges_a_constant_code_exactly_its_margin():
     assert spread == 0.0 and with_hinge - without == pytest.approx(0.1, abs=1e-6)
     (big, spread), (base, _) = losses(1e-4, False), losses(0.0, False)
     assert spread > 1e-3 and big == pytest.approx(base, abs=1e-7)  # every number spreads more than 1e-4: no charge
+
+
+def test_a_source_shared_by_several_driving_frames_is_encoded_once_with_the_same_losses():
+    """`losses` with B sources and B·R driving frames (each source encoded once) equals the naive form with every
+    source repeated R times; a count that is not a multiple is an error naming both counts."""
+    rng = np.random.default_rng(1)
+    source = jnp.asarray(rng.uniform(0, 1, (2, 32, 32, 3)), jnp.float32)
+    driving = jnp.asarray(rng.uniform(0, 1, (6, 32, 32, 3)), jnp.float32)
+    r = FaceRenderer(TINY, rngs=nnx.Rngs(0))
+    shared, m_shared = r.losses(source, driving, jax.random.key(3))
+    naive, m_naive = r.losses(jnp.repeat(source, 3, axis=0), driving, jax.random.key(3))
+    assert float(shared) == pytest.approx(float(naive), rel=1e-5)
+    for k in m_naive:
+        assert float(m_shared[k]) == pytest.approx(float(m_naive[k]), rel=1e-4, abs=1e-7), k
+    with pytest.raises(ValueError, match="5 driving frames for 2 sources"):
+        r.losses(source, driving[:5], jax.random.key(3))
+
+
+def test_each_code_number_paints_its_own_learned_map_where_it_lies():
+    """The decoder's expression maps: a feature map per code number, added at 1/4 resolution. With one map non-zero
+    only in its top-left corner, changing that number changes the rendered top-left corner most (the decoder's
+    GroupNorms spread part of any change over the whole image, so the far corner moves too, less)."""
+    r = FaceRenderer(dataclasses.replace(TINY, expression_dim=3), rngs=nnx.Rngs(0))
+    maps = np.zeros(r.expression_maps[...].shape, np.float32)
+    maps[:2, :2, 1, :] = 3.0  # number 1, the top-left 2×2 of the 8×8 map (pixels 0-7 of 32)
+    r.expression_maps[...] = jnp.asarray(maps)
+    src = r.source(jnp.asarray(np.random.default_rng(2).uniform(0, 1, (1, 32, 32, 3)), jnp.float32))
+    codes = jnp.asarray([[0.0, 0.0, 0.0], [0.0, 0.9, 0.0], [0.9, 0.0, 0.9]], jnp.float32)
+    out = np.asarray(r.render(src, jnp.repeat(src.kp, 3, axis=0), codes))
+    moved = np.abs(out[1] - out[0])
+    assert moved[:8, :8].mean() > 0.05 and moved[:8, :8].mean() > 3 * moved[24:, 24:].mean()
+    np.testing.assert_allclose(out[2], out[0], atol=1e-6)  # the other numbers' maps are zero (FiLM starts at 0)
 
 
 def test_schedule_is_the_cumulative_product_and_ddim_with_an_oracle_recovers_x0():

@@ -34,6 +34,7 @@ class FaceConfig:
     motion_size: int = 24  # resolution of the dense motion field (size / 4)
     channels: tuple[int, ...] = (16, 32, 64)  # generator widths at size, size/2, size/4
     blocks: int = 2  # residual blocks at size/4
+    half_blocks: int = 1  # residual blocks at size/2 (the mouth's detail: teeth, lip edges)
     change_weight: float = 4.0  # the reconstruction loss's extra weight on pixels that differ between the two frames
     code_spread: float = 0.1  # each expression-code number's least spread (std over a batch) between two frames
     # audio (the speech generator's log-mel)

@@ -164,7 +164,6 @@ class FaceGenerator(nnx.Module):
         b, p = frames.shape[:2]
         use_portrait = jax.random.bernoulli(k_src, 0.5, (b,))
         source = jnp.where(use_portrait[:, None, None, None], portrait, frames[:, 0])
-        source = jnp.repeat(source, p - 1, axis=0)
         driving = frames[:, 1:].reshape(b * (p - 1), *frames.shape[2:])
         return self.renderer.losses(source, driving, k_loss)
 

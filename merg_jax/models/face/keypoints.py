@@ -7,8 +7,9 @@ An hourglass at `detector_size` (the frame is resized first) predicts K heatmaps
 each keypoint is the expectation of its softmax(heatmap / temperature) over the pixel coordinates, so it moves
 smoothly with the image. Nothing tells it where faces are: the renderer's reconstruction and equivariance losses
 place the keypoints where motion happens (head outline, brows). What moving points cannot say — a mouth that
-opens, eyes that close — goes into a small expression code (`expression_dim` numbers), read from the same features
-through as many learned attention maps, which the renderer's decoder reads.
+opens, eyes that close, brows that rise — goes into a small expression code (`expression_dim` numbers), read by its
+own encoder at the frame's full resolution (at the detector's half resolution a brow is under a pixel thick) through
+as many learned attention maps; the renderer's decoder reads it.
 """
 
 from __future__ import annotations
@@ -33,12 +34,7 @@ class KeypointDetector(nnx.Module):
         self.down3 = Down(4 * c, 4 * c, rngs=rngs)  # /8
         self.up = Up(4 * c, 2 * c, rngs=rngs)  # /4
         self.head = conv(6 * c, cfg.num_keypoints, 3, rngs=rngs)
-        e = cfg.expression_dim
-        # The code reads features where E learned attention maps look (softmax over pixels, like a heatmap): a
-        # plain spatial mean of GroupNorm-ed features is nearly the same for every frame (the norm fixes each
-        # group's statistics), and a code pooled that way collapsed to a constant in training.
-        self.attend = conv(6 * c, e, 3, rngs=rngs) if e else None
-        self.expression = nnx.Linear(e * 6 * c, e, rngs=rngs) if e else None
+        self.expression = ExpressionEncoder(cfg, rngs=rngs) if cfg.expression_dim else None
 
     def _features(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B h w C"]:
         n = self.cfg.detector_size
@@ -59,19 +55,39 @@ class KeypointDetector(nnx.Module):
 
     def detect(self, frames: Float[Array, "B S S 3"]) -> tuple[Float[Array, "B K 2"], Float[Array, "B E"]]:
         """(keypoints, expression code); the code is [B, 0] when `expression_dim` is 0."""
-        x = self._features(frames)
-        heat = self._heatmaps(x)
-        grid = coordinate_grid(heat.shape[1], heat.shape[2])
-        kp = jnp.einsum("bhwk,hwc->bkc", heat, grid)
+        kp = self(frames)
         if self.expression is None:
             return kp, jnp.zeros((frames.shape[0], 0), jnp.float32)
+        return kp, self.expression(frames)
+
+    def __call__(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B K 2"]:
+        """The keypoints alone."""
+        heat = self.heatmaps(frames)
+        grid = coordinate_grid(heat.shape[1], heat.shape[2])
+        return jnp.einsum("bhwk,hwc->bkc", heat, grid)
+
+
+class ExpressionEncoder(nnx.Module):
+    """A frame at full resolution → its expression code [B, E] in (-1, 1)."""
+
+    def __init__(self, cfg: FaceConfig, *, rngs: nnx.Rngs):
+        c, e = cfg.detector_channels // 2, cfg.expression_dim
+        self.stem = ConvNormAct(3, c, rngs=rngs)
+        self.down1 = Down(c, 2 * c, rngs=rngs)  # /2
+        self.down2 = Down(2 * c, 4 * c, rngs=rngs)  # /4
+        self.mix = ConvNormAct(4 * c, 4 * c, rngs=rngs)
+        # The code reads features where E learned attention maps look (softmax over pixels, like a heatmap): a
+        # plain spatial mean of GroupNorm-ed features is nearly the same for every frame (the norm fixes each
+        # group's statistics), and a code pooled that way collapsed to a constant in training.
+        self.attend = conv(4 * c, e, 3, rngs=rngs)
+        self.out = nnx.Linear(e * 4 * c, e, rngs=rngs)
+
+    def __call__(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B E"]:
+        x = self.mix(self.down2(self.down1(self.stem(frames - 0.5))))
         b, h, w, c = x.shape
         attention = jax.nn.softmax(self.attend(x).reshape(b, h * w, -1).astype(jnp.float32), axis=1)
         pooled = jnp.einsum("bpe,bpc->bec", attention.astype(x.dtype), x.reshape(b, h * w, c))
-        return kp, jnp.tanh(self.expression(pooled.reshape(b, -1))).astype(jnp.float32)
-
-    def __call__(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B K 2"]:
-        return self.detect(frames)[0]
+        return jnp.tanh(self.out(pooled.reshape(b, -1))).astype(jnp.float32)
 
 
-__all__ = ["KeypointDetector"]
+__all__ = ["ExpressionEncoder", "KeypointDetector"]

@@ -8,8 +8,9 @@
 
 The generator encodes the source at 1/2 and 1/4 resolution, warps both levels with the dense motion (masked by the
 occlusion map), decodes through residual blocks — at full resolution beside the warped source image itself — and
-composites: out = α·warp(source) + (1 − α)·rgb; the driving expression code modulates the decoder (FiLM at 1/4 and
-1/2 resolution), which is how a mouth opens where no keypoint moves. So
+composites: out = α·warp(source) + (1 − α)·rgb; the driving expression code modulates the decoder (a learned
+spatial map per code number added at 1/4 resolution, FiLM at 1/4 and 1/2), which is how a mouth opens and brows
+rise where no keypoint moves. So
 what the source shows keeps its pixels (identity, sharpness) and the network paints only what is new (the inside
 of an opening mouth, closed eyelids). That is also how it renders above its trained size: the flow, α and rgb are
 upsampled and the warp reads the full-resolution portrait.
@@ -65,11 +66,17 @@ class FaceRenderer(nnx.Module):
         self.mid = nnx.List([Res(c2, rngs=rngs) for _ in range(cfg.blocks)])
         self.dec1 = Up(c2, c1, rngs=rngs)
         self.fuse1 = ConvNormAct(2 * c1, c1, rngs=rngs)
+        self.half = nnx.List([Res(c1, rngs=rngs) for _ in range(cfg.half_blocks)])
         self.dec0 = Up(c1, c0, rngs=rngs)
         self.fuse0 = ConvNormAct(c0 + 4, c0, rngs=rngs)  # + the warped source image and the occlusion
         self.head = conv(c0, 4, 3, rngs=rngs)
         e = cfg.expression_dim
         self.film = (nnx.Linear(e, 2 * (c2 + c1), kernel_init=nnx.initializers.zeros, rngs=rngs) if e else None)
+        # A learned feature map per code number at 1/4 resolution, added where it applies: a channel-wise FiLM says
+        # what to paint but not where, and the brows, eyes and mouth corners an emotion moves are small and sit at
+        # nearly the same place in every avatar.
+        s4 = cfg.size // 4
+        self.expression_maps = nnx.Param(jnp.zeros((s4, s4, e, c2), jnp.float32)) if e else None
 
     def _check(self, images, what: str):
         s = self.cfg.size
@@ -104,10 +111,14 @@ class FaceRenderer(nnx.Module):
             return warp(f, flow) * occ
 
         x = warped(e2)
+        if self.expression_maps is not None:
+            x = x + jnp.einsum("be,hwec->bhwc", code, self.expression_maps[...]).astype(x.dtype)
         for block in self.mid:
             x = block(x)
         x = x * (1.0 + g2) + b2
         x = self.fuse1(jnp.concatenate([self.dec1(x), warped(e1)], axis=-1))
+        for block in self.half:
+            x = block(x)
         x = x * (1.0 + g1) + b1
         # Full resolution reads the warped image, not warped features: a gather of 4 channels instead of c0 (the
         # warps' gathers and their scatter-add gradients dominate a CPU step).
@@ -144,8 +155,15 @@ class FaceRenderer(nnx.Module):
 
     def losses(self, source: Float[Array, "B S S 3"], driving: Float[Array, "B S S 3"], key: jax.Array,
                *, equivariance: float = 10.0) -> tuple[Float[Array, ""], dict]:
-        """The self-supervised losses of one batch of (source, driving) pairs, images in [0, 1]."""
+        """The self-supervised losses of one batch of (source, driving) pairs, images in [0, 1]. With B sources and
+        B·R driving frames, source b drives frames b·R … b·R + R − 1 (its features are computed once)."""
+        b, n = source.shape[0], driving.shape[0]
+        if n % b:
+            raise ValueError(f"face renderer: {n} driving frames for {b} sources (expected a multiple)")
         src = self.source(source)
+        if n != b:
+            src = jax.tree.map(lambda x: jnp.repeat(x, n // b, axis=0), src)
+        source = src.image
         kp_d, code_d = self.kp.detect(driving)
         pred = self.render(src, kp_d, code_d)
         # Pixels that change between the frames (a mouth opening, eyes closing) are few; without this weight the
@@ -154,7 +172,7 @@ class FaceRenderer(nnx.Module):
         l1 = pyramid_l1(pred, driving, weight)
         ssim = jnp.mean(ssim_map(pred, driving))
         affine = random_affine(key, driving.shape[0])
-        kp_t, _ = self.kp.detect(affine_warp_images(driving, affine))
+        kp_t = self.kp(affine_warp_images(driving, affine))
         equi = jnp.mean(jnp.abs(apply_affine(affine, kp_t) - kp_d))
         loss = l1 + 0.5 * (1.0 - ssim) + equivariance * equi
         metrics = {"l1": l1, "ssim": ssim, "equivariance": equi}
