@@ -36,22 +36,14 @@ class KeypointDetector(nnx.Module):
         self.head = conv(6 * c, cfg.num_keypoints, 3, rngs=rngs)
         self.expression = ExpressionEncoder(cfg, rngs=rngs) if cfg.expression_dim else None
 
-    def _features(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B h w C"]:
+    def heatmaps(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B h w K"]:
+        """The softmax heatmaps (each sums to 1 over its h×w pixels)."""
         n = self.cfg.detector_size
-        x = self.stem(resize(frames, n, n) - 0.5)
-        x = self.down1(x)
-        skip = self.down2(x)
-        return jnp.concatenate([self.up(self.down3(skip)), skip], axis=-1)
-
-    def _heatmaps(self, x: Float[Array, "B h w C"]) -> Float[Array, "B h w K"]:
-        logits = self.head(x)
+        skip = self.down2(self.down1(self.stem(resize(frames, n, n) - 0.5)))
+        logits = self.head(jnp.concatenate([self.up(self.down3(skip)), skip], axis=-1))
         b, h, w, k = logits.shape
         p = jax.nn.softmax(logits.reshape(b, h * w, k).astype(jnp.float32) / self.cfg.kp_temperature, axis=1)
         return p.reshape(b, h, w, k)
-
-    def heatmaps(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B h w K"]:
-        """The softmax heatmaps (each sums to 1 over its h×w pixels)."""
-        return self._heatmaps(self._features(frames))
 
     def detect(self, frames: Float[Array, "B S S 3"]) -> tuple[Float[Array, "B K 2"], Float[Array, "B E"]]:
         """(keypoints, expression code); the code is [B, 0] when `expression_dim` is 0."""

@@ -48,10 +48,9 @@ class SourceState:
     code: Float[Array, "B E"]
     features: tuple[Float[Array, "B S S C0"], Float[Array, "B S2 S2 C1"], Float[Array, "B S4 S4 C2"]]
 
-    def repeat(self, n: int) -> SourceState:
-        """One source for n frames (batch 1 → n)."""
-        rep = lambda x: jnp.broadcast_to(x, (n, *x.shape[1:]))  # noqa: E731
-        return jax.tree.map(rep, self)
+    def repeat(self, r: int) -> SourceState:
+        """Each source for r frames in a row (batch B → B·r; batch 1 → r: one source for all frames)."""
+        return jax.tree.map(lambda x: jnp.repeat(x, r, axis=0), self)
 
 
 class FaceRenderer(nnx.Module):
@@ -162,7 +161,7 @@ class FaceRenderer(nnx.Module):
             raise ValueError(f"face renderer: {n} driving frames for {b} sources (expected a multiple)")
         src = self.source(source)
         if n != b:
-            src = jax.tree.map(lambda x: jnp.repeat(x, n // b, axis=0), src)
+            src = src.repeat(n // b)
         source = src.image
         kp_d, code_d = self.kp.detect(driving)
         pred = self.render(src, kp_d, code_d)
