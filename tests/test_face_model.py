@@ -21,7 +21,7 @@ from merg_jax.models.face.dense_motion import DenseMotion
 from merg_jax.models.face.diffusion import Schedule
 from merg_jax.models.face.generator import FaceGenerator
 from merg_jax.models.face.image_losses import affine_warp_images, apply_affine, ssim_map
-from merg_jax.models.face.renderer import FaceRenderer
+from merg_jax.models.face.renderer import FaceRenderer, same_clip_contrastive
 from merg_jax.models.face.warp import coordinate_grid, grid_sample, warp
 
 TINY = FaceConfig(size=32, motion_size=8, detector_size=16, detector_channels=8, channels=(8, 16, 16), blocks=1,
@@ -98,6 +98,58 @@ def test_code_spread_hinge_charges_a_constant_code_exactly_its_margin():
     assert spread == 0.0 and with_hinge - without == pytest.approx(0.1, abs=1e-6)
     (big, spread), (base, _) = losses(1e-4, False), losses(0.0, False)
     assert spread > 1e-3 and big == pytest.approx(base, abs=1e-7)  # every number spreads more than 1e-4: no charge
+
+
+def _naive_same_clip_contrastive(z, clip, temperature):
+    z, total = np.asarray(z, np.float64), []
+    for i in range(len(z)):
+        others = [j for j in range(len(z)) if j != i]
+        positives = [j for j in others if clip[j] == clip[i]]
+        if not positives:
+            continue
+        logit = {j: -np.sum((z[i] - z[j]) ** 2) / temperature for j in others}
+        lse = np.log(sum(np.exp(v) for v in logit.values()))
+        total.append(-np.mean([logit[j] - lse for j in positives]))
+    return float(np.mean(total))
+
+
+def test_same_clip_contrastive_equals_a_loop_and_the_two_clip_closed_form():
+    z = np.random.default_rng(0).normal(size=(9, 3)).astype(np.float32)
+    clip = np.array([0, 0, 0, 1, 1, 2, 2, 3, 4])  # clips 3 and 4: one row each, no positives, left out
+    ours = float(same_clip_contrastive(jnp.asarray(z), jnp.asarray(clip), 0.5))
+    assert ours == pytest.approx(_naive_same_clip_contrastive(z, clip, 0.5), rel=1e-5)
+    grad = jax.grad(same_clip_contrastive)(jnp.asarray(z), jnp.asarray(clip), 0.5)
+    assert np.isfinite(np.asarray(grad)).all() and float(jnp.abs(grad[7:]).max()) > 0  # lone rows are negatives
+    # Two clips of two rows, each clip at one point, the points d apart: every row has one positive at distance
+    # 0 and two negatives at d, so the loss is log(1 + 2·exp(−d²/t)).
+    d, t = 0.3, 0.05
+    pts = jnp.asarray([[0.0, 0.0], [0.0, 0.0], [d, 0.0], [d, 0.0]])
+    assert float(same_clip_contrastive(pts, jnp.array([0, 0, 1, 1]), t)) == pytest.approx(
+        np.log(1 + 2 * np.exp(-d * d / t)), rel=1e-5)
+
+
+def test_static_code_numbers_get_the_clip_term_on_offsets_from_the_neutral_face_and_no_spread_hinge():
+    """With `static_dim` s, the renderer's loss adds clip_weight × the same-clip contrastive term of the driving
+    codes' first s numbers minus the neutral faces' (rows b·R … b·R + R − 1 are clip b), and the spread hinge
+    covers only the other numbers."""
+    rng = np.random.default_rng(4)
+    source, neutral = (jnp.asarray(rng.uniform(0, 1, (2, 32, 32, 3)), jnp.float32) for _ in range(2))
+    driving = jnp.asarray(rng.uniform(0, 1, (6, 32, 32, 3)), jnp.float32)
+    cfg = dataclasses.replace(TINY, expression_dim=4, static_dim=3, clip_weight=0.7, clip_temperature=0.2)
+    r = FaceRenderer(cfg, rngs=nnx.Rngs(0))
+    loss, metrics = r.losses(source, driving, jax.random.key(1), neutral=neutral)
+    _, code_d = r.kp.detect(driving)
+    offset = np.asarray(code_d)[:, :3] - np.repeat(np.asarray(r.kp.expression(neutral))[:, :3], 3, axis=0)
+    assert float(metrics["clip_nce"]) == pytest.approx(
+        _naive_same_clip_contrastive(offset, np.arange(6) // 3, 0.2), rel=1e-4)
+    spread = np.std(np.asarray(code_d)[:, 3:] - np.repeat(np.asarray(r.source(source).code)[:, 3:], 3, axis=0),
+                    axis=0)
+    assert float(metrics["code_spread"]) == pytest.approx(float(spread.mean()), rel=1e-4)
+    off = FaceRenderer(dataclasses.replace(cfg, clip_weight=0.0), rngs=nnx.Rngs(0))
+    base, _ = off.losses(source, driving, jax.random.key(1), neutral=neutral)
+    assert float(loss) - float(base) == pytest.approx(0.7 * float(metrics["clip_nce"]), rel=1e-4)
+    with pytest.raises(ValueError, match="static_dim=5"):
+        dataclasses.replace(cfg, static_dim=5)
 
 
 def test_a_source_shared_by_several_driving_frames_is_encoded_once_with_the_same_losses():

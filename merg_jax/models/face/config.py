@@ -36,7 +36,13 @@ class FaceConfig:
     blocks: int = 2  # residual blocks at size/4
     half_blocks: int = 1  # residual blocks at size/2 (the mouth's detail: teeth, lip edges)
     change_weight: float = 4.0  # the reconstruction loss's extra weight on pixels that differ between the two frames
-    code_spread: float = 0.1  # each expression-code number's least spread (std over a batch) between two frames
+    code_spread: float = 0.1  # each changing code number's least spread (std over a batch) between two frames
+    # The code's first `static_dim` numbers are trained to stay constant within a clip and differ between clips
+    # (a contrastive term on their offset from the avatar's portrait): an emotion's brows, eyes and blush hold for
+    # a whole clip while the mouth moves, and left to the reconstruction loss the mouth takes the whole code.
+    static_dim: int = 0
+    clip_weight: float = 0.1  # weight of that same-clip contrastive term
+    clip_temperature: float = 0.05  # its logits are −(squared distance) / temperature
     # audio (the speech generator's log-mel)
     sample_rate: int = 16000
     n_fft: int = 1024
@@ -76,6 +82,9 @@ class FaceConfig:
             raise ValueError(f"empatheia.face: dim={self.dim} is not divisible by heads={self.heads}")
         if not 0 <= self.overlap < self.window // 2 + 1:
             raise ValueError(f"empatheia.face: overlap={self.overlap} must be in [0, window/2]")
+        if not 0 <= self.static_dim <= self.expression_dim:
+            raise ValueError(f"empatheia.face.static_dim={self.static_dim}: expected 0..expression_dim="
+                             f"{self.expression_dim}")
         if self.sample_steps < 1 or self.sample_steps > self.diffusion_steps:
             raise ValueError(f"empatheia.face.sample_steps={self.sample_steps}: expected 1..diffusion_steps")
 

@@ -165,7 +165,7 @@ class FaceGenerator(nnx.Module):
         use_portrait = jax.random.bernoulli(k_src, 0.5, (b,))
         source = jnp.where(use_portrait[:, None, None, None], portrait, frames[:, 0])
         driving = frames[:, 1:].reshape(b * (p - 1), *frames.shape[2:])
-        return self.renderer.losses(source, driving, k_loss)
+        return self.renderer.losses(source, driving, k_loss, neutral=portrait)
 
 
 __all__ = ["FaceGenerator", "MOTION_KEYS", "MotionStats", "RENDERER_KEYS", "motion_of", "pose_of"]

@@ -27,7 +27,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from merg_jax.models.face.blocks2d import ConvNormAct, Down, Res, Up, conv
 from merg_jax.models.face.config import FaceConfig
@@ -153,9 +153,12 @@ class FaceRenderer(nnx.Module):
         return self.render(self.source(source), *self.kp.detect(driving))
 
     def losses(self, source: Float[Array, "B S S 3"], driving: Float[Array, "B S S 3"], key: jax.Array,
-               *, equivariance: float = 10.0) -> tuple[Float[Array, ""], dict]:
+               *, neutral: Float[Array, "B S S 3"] | None = None, equivariance: float = 10.0
+               ) -> tuple[Float[Array, ""], dict]:
         """The self-supervised losses of one batch of (source, driving) pairs, images in [0, 1]. With B sources and
-        B·R driving frames, source b drives frames b·R … b·R + R − 1 (its features are computed once)."""
+        B·R driving frames, source b drives frames b·R … b·R + R − 1 (its features are computed once); those R
+        frames come from one clip. `neutral` (default: the sources) is each row's neutral face, the avatar's
+        portrait: the code's static numbers are read as offsets from its code."""
         b, n = source.shape[0], driving.shape[0]
         if n % b:
             raise ValueError(f"face renderer: {n} driving frames for {b} sources (expected a multiple)")
@@ -175,16 +178,38 @@ class FaceRenderer(nnx.Module):
         equi = jnp.mean(jnp.abs(apply_affine(affine, kp_t) - kp_d))
         loss = l1 + 0.5 * (1.0 - ssim) + equivariance * equi
         metrics = {"l1": l1, "ssim": ssim, "equivariance": equi}
-        if code_d.shape[-1]:
+        s = self.cfg.static_dim
+        if code_d.shape[-1] > s:
             # Left to the reconstruction loss alone, the expression code collapses to a constant in the first
             # 50 steps (its random variation only adds noise to the decoder) and never opens a mouth; a constant
-            # code also satisfies any "same code under a small warp" term, so there is none. Instead each code
-            # number must change between the two frames of a pair (VICReg's variance hinge on the difference):
-            # what changes within a clip is expression and pose, never identity.
-            spread = jnp.std(code_d - src.code, axis=0)
+            # code also satisfies any "same code under a small warp" term, so there is none. Instead each changing
+            # code number must change between the two frames of a pair (VICReg's variance hinge on the
+            # difference): what changes within a clip is expression and pose, never identity.
+            spread = jnp.std(code_d[:, s:] - src.code[:, s:], axis=0)
             loss = loss + jnp.mean(jax.nn.relu(self.cfg.code_spread - spread))
             metrics["code_spread"] = jnp.mean(spread)
+        if s and n // b > 1:
+            # The static numbers: the same within a clip, different between clips. Offsets from the neutral face,
+            # because a frame's raw code also tells the avatar apart, and that is constant within a clip too.
+            base = src.code if neutral is None else self.kp.expression(neutral)
+            offset = code_d[:, :s] - jnp.repeat(base[:, :s], n // b, axis=0, total_repeat_length=n)
+            nce = same_clip_contrastive(offset, jnp.arange(n) // (n // b), self.cfg.clip_temperature)
+            loss = loss + self.cfg.clip_weight * nce
+            metrics["clip_nce"] = nce
         return loss, metrics
 
 
-__all__ = ["FaceRenderer", "SourceState"]
+def same_clip_contrastive(z: Float[Array, "N D"], clip: Int[Array, "N"], temperature: float) -> Float[Array, ""]:
+    """Supervised contrastive loss (Khosla et al. 2020) with a Gaussian kernel: for each row, −mean over the other
+    rows of its clip of log softmax_{j ≠ i}(−|z_i − z_j|² / temperature); rows alone in their clip are left out."""
+    n = z.shape[0]
+    d2 = jnp.sum(jnp.square(z[:, None, :] - z[None, :, :]), axis=-1)
+    other = ~jnp.eye(n, dtype=bool)
+    logp = jax.nn.log_softmax(jnp.where(other, -d2 / temperature, -jnp.inf), axis=1)
+    positive = other & (clip[:, None] == clip[None, :])
+    count = jnp.sum(positive, axis=1)
+    per_row = -jnp.sum(jnp.where(positive, logp, 0.0), axis=1) / jnp.maximum(count, 1)
+    return jnp.sum(jnp.where(count > 0, per_row, 0.0)) / jnp.maximum(jnp.sum(count > 0), 1)
+
+
+__all__ = ["FaceRenderer", "SourceState", "same_clip_contrastive"]
