@@ -139,7 +139,7 @@ def test_static_code_numbers_get_the_clip_term_on_offsets_from_the_neutral_face_
     r = FaceRenderer(cfg, rngs=nnx.Rngs(0))
     loss, metrics = r.losses(source, driving, jax.random.key(1), neutral=neutral)
     _, code_d = r.kp.detect(driving)
-    offset = np.asarray(code_d)[:, :3] - np.repeat(np.asarray(r.kp.expression(neutral))[:, :3], 3, axis=0)
+    offset = np.asarray(code_d)[:, :3] - np.repeat(np.asarray(r.kp.code(neutral))[:, :3], 3, axis=0)
     assert float(metrics["clip_nce"]) == pytest.approx(
         _naive_same_clip_contrastive(offset, np.arange(6) // 3, 0.2), rel=1e-4)
     spread = np.std(np.asarray(code_d)[:, 3:] - np.repeat(np.asarray(r.source(source).code)[:, 3:], 3, axis=0),

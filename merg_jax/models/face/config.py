@@ -41,7 +41,7 @@ class FaceConfig:
     # (a contrastive term on their offset from the avatar's portrait): an emotion's brows, eyes and blush hold for
     # a whole clip while the mouth moves, and left to the reconstruction loss the mouth takes the whole code.
     static_dim: int = 0
-    clip_weight: float = 0.1  # weight of that same-clip contrastive term
+    clip_weight: float = 0.05  # weight of that same-clip contrastive term
     clip_temperature: float = 0.05  # its logits are −(squared distance) / temperature
     # audio (the speech generator's log-mel)
     sample_rate: int = 16000

@@ -34,7 +34,11 @@ class KeypointDetector(nnx.Module):
         self.down3 = Down(4 * c, 4 * c, rngs=rngs)  # /8
         self.up = Up(4 * c, 2 * c, rngs=rngs)  # /4
         self.head = conv(6 * c, cfg.num_keypoints, 3, rngs=rngs)
-        self.expression = ExpressionEncoder(cfg, rngs=rngs) if cfg.expression_dim else None
+        # Two encoders when the code has static numbers (config.static_dim): shared features let the same-clip
+        # term, which wants what is constant in a clip, take them from the mouth, which changes in every frame.
+        dynamic = cfg.expression_dim - cfg.static_dim
+        self.expression = ExpressionEncoder(cfg, dynamic, rngs=rngs) if dynamic else None
+        self.static_expression = ExpressionEncoder(cfg, cfg.static_dim, rngs=rngs) if cfg.static_dim else None
 
     def heatmaps(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B h w K"]:
         """The softmax heatmaps (each sums to 1 over its h×w pixels)."""
@@ -47,10 +51,12 @@ class KeypointDetector(nnx.Module):
 
     def detect(self, frames: Float[Array, "B S S 3"]) -> tuple[Float[Array, "B K 2"], Float[Array, "B E"]]:
         """(keypoints, expression code); the code is [B, 0] when `expression_dim` is 0."""
-        kp = self(frames)
-        if self.expression is None:
-            return kp, jnp.zeros((frames.shape[0], 0), jnp.float32)
-        return kp, self.expression(frames)
+        return self(frames), self.code(frames)
+
+    def code(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B E"]:
+        """The expression code: the static numbers first, then the changing ones."""
+        parts = [enc(frames) for enc in (self.static_expression, self.expression) if enc is not None]
+        return jnp.concatenate(parts, axis=-1) if parts else jnp.zeros((frames.shape[0], 0), jnp.float32)
 
     def __call__(self, frames: Float[Array, "B S S 3"]) -> Float[Array, "B K 2"]:
         """The keypoints alone."""
@@ -62,8 +68,8 @@ class KeypointDetector(nnx.Module):
 class ExpressionEncoder(nnx.Module):
     """A frame at full resolution → its expression code [B, E] in (-1, 1)."""
 
-    def __init__(self, cfg: FaceConfig, *, rngs: nnx.Rngs):
-        c, e = cfg.detector_channels // 2, cfg.expression_dim
+    def __init__(self, cfg: FaceConfig, dim: int, *, rngs: nnx.Rngs):
+        c, e = cfg.detector_channels // 2, dim
         self.stem = ConvNormAct(3, c, rngs=rngs)
         self.down1 = Down(c, 2 * c, rngs=rngs)  # /2
         self.down2 = Down(2 * c, 4 * c, rngs=rngs)  # /4

@@ -9,7 +9,7 @@
 The generator encodes the source at 1/2 and 1/4 resolution, warps both levels with the dense motion (masked by the
 occlusion map), decodes through residual blocks — at full resolution beside the warped source image itself — and
 composites: out = α·warp(source) + (1 − α)·rgb; the driving expression code modulates the decoder (a learned
-spatial map per code number added at 1/4 resolution, FiLM at 1/4 and 1/2), which is how a mouth opens and brows
+spatial map per code number added at 1/4 and at 1/2 resolution, FiLM at both), which is how a mouth opens and brows
 rise where no keypoint moves. So
 what the source shows keeps its pixels (identity, sharpness) and the network paints only what is new (the inside
 of an opening mouth, closed eyelids). That is also how it renders above its trained size: the flow, α and rgb are
@@ -76,6 +76,9 @@ class FaceRenderer(nnx.Module):
         # nearly the same place in every avatar.
         s4 = cfg.size // 4
         self.expression_maps = nnx.Param(jnp.zeros((s4, s4, e, c2), jnp.float32)) if e else None
+        # and at 1/2 resolution, where a brow is a pixel thick instead of a quarter of one
+        s2 = cfg.size // 2
+        self.half_maps = nnx.Param(jnp.zeros((s2, s2, e, c1), jnp.float32)) if e else None
 
     def _check(self, images, what: str):
         s = self.cfg.size
@@ -116,6 +119,8 @@ class FaceRenderer(nnx.Module):
             x = block(x)
         x = x * (1.0 + g2) + b2
         x = self.fuse1(jnp.concatenate([self.dec1(x), warped(e1)], axis=-1))
+        if self.half_maps is not None:
+            x = x + jnp.einsum("be,hwec->bhwc", code, self.half_maps[...]).astype(x.dtype)
         for block in self.half:
             x = block(x)
         x = x * (1.0 + g1) + b1
@@ -191,7 +196,7 @@ class FaceRenderer(nnx.Module):
         if s and n // b > 1:
             # The static numbers: the same within a clip, different between clips. Offsets from the neutral face,
             # because a frame's raw code also tells the avatar apart, and that is constant within a clip too.
-            base = src.code if neutral is None else self.kp.expression(neutral)
+            base = src.code if neutral is None else self.kp.static_expression(neutral)
             offset = code_d[:, :s] - jnp.repeat(base[:, :s], n // b, axis=0, total_repeat_length=n)
             nce = same_clip_contrastive(offset, jnp.arange(n) // (n // b), self.cfg.clip_temperature)
             loss = loss + self.cfg.clip_weight * nce
