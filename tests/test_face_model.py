@@ -148,6 +148,12 @@ def test_static_code_numbers_get_the_clip_term_on_offsets_from_the_neutral_face_
     off = FaceRenderer(dataclasses.replace(cfg, clip_weight=0.0), rngs=nnx.Rngs(0))
     base, _ = off.losses(source, driving, jax.random.key(1), neutral=neutral)
     assert float(loss) - float(base) == pytest.approx(0.7 * float(metrics["clip_nce"]), rel=1e-4)
+    # Without neutral faces the sources are the reference: the same as passing them as the neutral faces.
+    _, by_source = r.losses(source, driving, jax.random.key(1))
+    _, as_neutral = r.losses(source, driving, jax.random.key(1), neutral=source)
+    assert float(by_source["clip_nce"]) == pytest.approx(float(as_neutral["clip_nce"]), rel=1e-5)
+    with pytest.raises(ValueError, match="3 neutral faces for 2 sources"):
+        r.losses(source, driving, jax.random.key(1), neutral=jnp.concatenate([neutral, neutral[:1]]))
     with pytest.raises(ValueError, match="static_dim=5"):
         dataclasses.replace(cfg, static_dim=5)
 

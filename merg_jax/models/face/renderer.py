@@ -168,8 +168,16 @@ class FaceRenderer(nnx.Module):
         if n % b:
             raise ValueError(f"face renderer: {n} driving frames for {b} sources (expected a multiple)")
         src = self.source(source)
-        if n != b:
-            src = src.repeat(n // b)
+        r = n // b
+        if neutral is None:
+            neutral_code = src.code
+        elif neutral.shape[0] != b:
+            raise ValueError(f"face renderer: {neutral.shape[0]} neutral faces for {b} sources (expected one each)")
+        else:
+            self._check(neutral, "the neutral faces")
+            neutral_code = self.kp.code(neutral)
+        if r > 1:
+            src = src.repeat(r)
         source = src.image
         kp_d, code_d = self.kp.detect(driving)
         pred = self.render(src, kp_d, code_d)
@@ -193,12 +201,11 @@ class FaceRenderer(nnx.Module):
             spread = jnp.std(code_d[:, s:] - src.code[:, s:], axis=0)
             loss = loss + jnp.mean(jax.nn.relu(self.cfg.code_spread - spread))
             metrics["code_spread"] = jnp.mean(spread)
-        if s and n // b > 1:
+        if s and r > 1:
             # The static numbers: the same within a clip, different between clips. Offsets from the neutral face,
             # because a frame's raw code also tells the avatar apart, and that is constant within a clip too.
-            base = src.code if neutral is None else self.kp.static_expression(neutral)
-            offset = code_d[:, :s] - jnp.repeat(base[:, :s], n // b, axis=0, total_repeat_length=n)
-            nce = same_clip_contrastive(offset, jnp.arange(n) // (n // b), self.cfg.clip_temperature)
+            offset = code_d[:, :s] - jnp.repeat(neutral_code[:, :s], r, axis=0)
+            nce = same_clip_contrastive(offset, jnp.arange(n) // r, self.cfg.clip_temperature)
             loss = loss + self.cfg.clip_weight * nce
             metrics["clip_nce"] = nce
         return loss, metrics
