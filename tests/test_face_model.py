@@ -1,5 +1,5 @@
 """The face generator's parts against independent references: bilinear sampling against PyTorch's grid_sample,
-SSIM against scikit-image, the dense motion's identity, DDIM against an oracle, the content encoder's frame timing
+SSIM against scikit-image, the dense motion's identity and its code-driven shift, DDIM against an oracle, the content encoder's frame timing
 and padding, the style encoder and label route, window joins of the motion sampler — and two small trainings that
 must learn: a renderer that moves a mouth, and a motion generator whose lips follow the audio and whose labels set
 the expression."""
@@ -54,15 +54,51 @@ def test_ssim_map_mean_equals_scikit_image():
 
 
 def test_equal_keypoints_give_the_identity_flow_whatever_the_weights():
-    dense = DenseMotion(TINY, rngs=nnx.Rngs(3))
+    dense = DenseMotion(dataclasses.replace(TINY, expression_dim=3), rngs=nnx.Rngs(3))
     rng = np.random.default_rng(2)
+    # the code's displacement fields non-zero too: an unchanged code must not move anything either
+    dense.code_fields.kernel[...] = jnp.asarray(rng.normal(0, 1, dense.code_fields.kernel[...].shape), jnp.float32)
+    dense.code_maps[...] = jnp.asarray(rng.normal(0, 1, dense.code_maps[...].shape), jnp.float32)
     source = jnp.asarray(rng.random((2, 32, 32, 3)), jnp.float32)
     kp = jnp.asarray(rng.uniform(-0.8, 0.8, (2, TINY.num_keypoints, 2)), jnp.float32)
-    flow, occlusion = dense(source, kp, kp)
     grid = np.asarray(coordinate_grid(8, 8))
-    np.testing.assert_allclose(np.asarray(flow), np.broadcast_to(grid, flow.shape), atol=1e-5)
-    assert occlusion.shape == (2, 8, 8, 1) and bool(jnp.all((occlusion > 0) & (occlusion < 1)))
-    np.testing.assert_allclose(np.asarray(warp(source, flow)), np.asarray(source), atol=1e-5)
+    for change in (None, jnp.zeros((2, 3), jnp.float32)):
+        flow, occlusion = dense(source, kp, kp, change)
+        np.testing.assert_allclose(np.asarray(flow), np.broadcast_to(grid, flow.shape), atol=1e-5)
+        assert occlusion.shape == (2, 8, 8, 1) and bool(jnp.all((occlusion > 0) & (occlusion < 1)))
+        np.testing.assert_allclose(np.asarray(warp(source, flow)), np.asarray(source), atol=1e-5)
+
+
+def test_a_code_change_shifts_the_flow_by_its_fields_bounded_by_code_flow():
+    """flow = keypoints' flow + code_flow · tanh(Σ_e Δcode_e · D_e): with the source-read part of D zero and number
+    1's learned map a constant (0.5, −0.25) on the top half, a change of 0.8 in number 1 shifts the top half by
+    0.1 · tanh(0.4, −0.2) and leaves the bottom half; a point of the image moves that many pixels."""
+    cfg = dataclasses.replace(TINY, expression_dim=3)
+    dense = DenseMotion(cfg, rngs=nnx.Rngs(0))
+    maps = np.zeros(dense.code_maps[...].shape, np.float32)
+    maps[:4, :, 1] = [0.5, -0.25]
+    dense.code_maps[...] = jnp.asarray(maps)
+    kp = jnp.zeros((1, TINY.num_keypoints, 2), jnp.float32)
+    source = jnp.asarray(np.random.default_rng(0).random((1, 32, 32, 3)), jnp.float32)
+    flow = np.asarray(dense(source, kp, kp, jnp.asarray([[0.0, 0.8, 0.0]], jnp.float32))[0])[0]
+    expected = np.array(coordinate_grid(8, 8))
+    expected[:4] += cfg.code_flow * np.tanh(np.array([0.4, -0.2]))
+    np.testing.assert_allclose(flow, expected, atol=1e-6)
+    # a uniform shift of 0.1 half-widths (1.6 px of 32) to the right: the pixel at x reads the source at x + 1.6
+    shift = np.broadcast_to(np.array(coordinate_grid(8, 8)) + [0.1, 0.0], (1, 8, 8, 2))
+    image = np.zeros((1, 32, 32, 1), np.float32)
+    image[0, :, 17] = 1.0  # a vertical line at x = 17 (0-based)
+    out = np.asarray(warp(jnp.asarray(image), jnp.asarray(shift)))[0, 16, :, 0]
+    assert 15 <= np.argmax(out) <= 16 and out[np.argmax(out)] > 0.3
+    # the renderer passes driving − source code: rendering with the source's own code is the keypoints' flow
+    r = FaceRenderer(cfg, rngs=nnx.Rngs(1))
+    r.dense.code_maps[...] = jnp.asarray(maps)
+    src = r.source(source)
+    same = r.motion(src, src.kp, src.code)[0]
+    np.testing.assert_allclose(np.asarray(same), np.asarray(r.motion(src, src.kp)[0]), atol=1e-6)
+    moved = r.motion(src, src.kp, src.code + jnp.asarray([[0.0, 0.8, 0.0]]))[0] - same
+    np.testing.assert_allclose(np.asarray(moved)[0, :4], np.broadcast_to(
+        cfg.code_flow * np.tanh(np.array([0.4, -0.2])), (4, 8, 2)), atol=1e-5)
 
 
 def test_affine_warp_moves_a_point_where_apply_affine_says():
@@ -156,6 +192,36 @@ def test_static_code_numbers_get_the_clip_term_on_offsets_from_the_neutral_face_
         r.losses(source, driving, jax.random.key(1), neutral=jnp.concatenate([neutral, neutral[:1]]))
     with pytest.raises(ValueError, match="static_dim=5"):
         dataclasses.replace(cfg, static_dim=5)
+
+
+def test_the_emotion_term_is_the_cross_entropy_of_the_static_offsets_over_labelled_rows_only():
+    """With `emotion_weight` w, the loss adds w × the mean over labelled driving rows (label ≥ 0, repeated R times
+    per source) of −log softmax(head(static offset))[label], computed here with scipy; unlabelled rows add nothing
+    and a batch without labels adds 0. A weight without static numbers, or a negative one, is an error."""
+    from scipy.special import log_softmax
+
+    rng = np.random.default_rng(5)
+    source, neutral = (jnp.asarray(rng.uniform(0, 1, (3, 32, 32, 3)), jnp.float32) for _ in range(2))
+    driving = jnp.asarray(rng.uniform(0, 1, (6, 32, 32, 3)), jnp.float32)
+    cfg = dataclasses.replace(TINY, expression_dim=4, static_dim=3, emotion_weight=0.3)
+    r = FaceRenderer(cfg, rngs=nnx.Rngs(0))
+    emotion = jnp.array([4, -1, 0])
+    loss, metrics = r.losses(source, driving, jax.random.key(1), neutral=neutral, emotion=emotion)
+    _, code_d = r.kp.detect(driving)
+    offset = np.asarray(code_d)[:, :3] - np.repeat(np.asarray(r.kp.code(neutral))[:, :3], 2, axis=0)
+    w, b = np.asarray(r.emotion_head.kernel[...]), np.asarray(r.emotion_head.bias[...])
+    logp = log_softmax(offset.astype(np.float64) @ w + b, axis=1)
+    rows = [(0, 4), (1, 4), (4, 0), (5, 0)]  # (driving row, label): source 1's rows carry none
+    assert float(metrics["emotion_ce"]) == pytest.approx(-np.mean([logp[i, e] for i, e in rows]), rel=1e-4)
+    assert float(metrics["emotion_acc"]) == pytest.approx(np.mean([logp[i].argmax() == e for i, e in rows]))
+    base, _ = r.losses(source, driving, jax.random.key(1), neutral=neutral)  # no labels: no term
+    assert float(loss) - float(base) == pytest.approx(0.3 * float(metrics["emotion_ce"]), rel=1e-4)
+    _, none = r.losses(source, driving, jax.random.key(1), neutral=neutral, emotion=jnp.array([-1, -1, -1]))
+    assert float(none["emotion_ce"]) == 0.0
+    with pytest.raises(ValueError, match="emotion_weight"):
+        dataclasses.replace(cfg, static_dim=0)
+    with pytest.raises(ValueError, match="emotion_weight"):
+        dataclasses.replace(cfg, emotion_weight=-1.0)
 
 
 def test_a_source_shared_by_several_driving_frames_is_encoded_once_with_the_same_losses():

@@ -2,7 +2,7 @@
 
     it = make_face_iterator(config, "train", kind="renderer")   # rows for stage face_renderer
     batch = next(it)   # portrait [B, S, S, 3] uint8, frames [B, P, S, S, 3] uint8 (P random frames of one clip),
-                       # sample_index [B] (-1: padding row)
+                       # emotion7 [B] (the speaker's annotated emotion, -1: none), sample_index [B] (-1: padding row)
     it = make_face_iterator(config, "train", kind="motion", tracks=path)   # rows for stage face_motion
     batch = next(it)   # mel [B, M, n_mels] + mel_len (the speech generator's log-mel of the clip's audio),
                        # motion [B, F, 2K] + motion_len (the clip's keypoint offsets from its portrait's, from
@@ -143,7 +143,7 @@ class FaceSpec:
         s = self.size
         if kind == "renderer":
             return {"portrait": np.zeros((n, s, s, 3), u8), "frames": np.zeros((n, self.frames_per_row, s, s, 3), u8),
-                    "sample_index": np.full(n, -1, i32)}
+                    "emotion7": np.full(n, -1, i32), "sample_index": np.full(n, -1, i32)}
         return {"mel": np.zeros((n, self.mel_frames, self.n_mels), f32), "mel_len": np.zeros(n, i32),
                 "motion": np.zeros((n, self.max_frames, self.motion_dim), f32), "motion_len": np.zeros(n, i32),
                 "window_start": np.zeros(n, i32), "style_start": np.zeros(n, i32),
@@ -164,7 +164,8 @@ class RendererTransform:
         except Exception as e:  # noqa: BLE001 - one bad clip is skipped and reported, never the run's end
             return Skipped(int(record["index"]), record["video"], f"face: {type(e).__name__}: {e}")
         pick = rng.choice(len(frames), size=s.frames_per_row, replace=len(frames) < s.frames_per_row)
-        return {"portrait": portrait, "frames": frames[np.sort(pick)], "sample_index": np.int32(record["index"])}
+        return {"portrait": portrait, "frames": frames[np.sort(pick)], "emotion7": np.int32(record["emotion7"]),
+                "sample_index": np.int32(record["index"])}
 
 
 def load_tracks(path: str | os.PathLike) -> dict[str, np.ndarray]:

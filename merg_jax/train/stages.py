@@ -267,7 +267,7 @@ register(Stage("style_cls", style_cls_loss, (*TEXT_KEYS, *HISTORY_KEYS, *LABEL_K
                "L_cls: the emotion and profile classifiers", metric="val_emotion7_acc", mode="max"))
 register(Stage("speech", speech_loss, SPEECH_KEYS, (), "the speech generator: acoustic model (MAS durations, "
                "pitch, energy, mel) and vocoder", iterator=_speech_iterator, finish=_speech_finish))
-register(Stage("face_renderer", face_renderer_loss, ("portrait", "frames"), (),
+register(Stage("face_renderer", face_renderer_loss, ("portrait", "frames", "emotion7"), (),
                "the face renderer: keypoints, dense motion and warping learnt by rebuilding frames of a clip",
                iterator=_face_renderer_iterator, needs_rng=True))
 register(Stage("face_motion", face_motion_loss, ("mel", "mel_len", "motion", "motion_len", "window_start",

@@ -1,13 +1,22 @@
 """Dense motion from keypoints: where each pixel of the driving frame comes from in the source, and what the source
 cannot show (occlusion).
 
-    flow, occlusion = DenseMotion(cfg, rngs=rngs)(source, kp_source, kp_driving)
-    # source [B, S, S, 3]; kp_* [B, K, 2] → flow [B, m, m, 2] (a backward flow: source coordinates per driving
-    # pixel, x then y in [-1, 1]), occlusion [B, m, m, 1] in (0, 1) (1: the source shows it), m = motion_size
+    flow, occlusion = DenseMotion(cfg, rngs=rngs)(source, kp_source, kp_driving, code_change)
+    # source [B, S, S, 3]; kp_* [B, K, 2]; code_change [B, E] (driving − source expression code, optional)
+    # → flow [B, m, m, 2] (a backward flow: source coordinates per driving pixel, x then y in [-1, 1]),
+    #   occlusion [B, m, m, 1] in (0, 1) (1: the source shows it), m = motion_size
 
 FOMM without jacobians: each keypoint k proposes a translation z ↦ z − kp_driving_k + kp_source_k, the background
 proposes the identity; a small U-Net reads the source deformed by every proposal and the keypoints' Gaussian
 heatmap differences, and mixes the K + 1 proposals per pixel with a softmax.
+
+The expression code moves pixels too: a brow that rises or tilts, an eye that widens, a mouth corner that drops is
+a displacement of a few pixels that no keypoint follows (the keypoints sit where the head moves). Each code number
+e has a displacement field D_e (read by the same U-Net from the source, plus a learned map per number: where a
+brow is depends on the face), and the flow adds code_flow · tanh(Σ_e Δcode_e · D_e), linear in the code change
+for small changes. Warping the source's own brow is sharp even when the code is only roughly right; painting it
+(the generator's rgb) under an L1 loss regresses to the median, which is the unmoved brow. With no code change the
+flow is the keypoints' alone.
 """
 
 from __future__ import annotations
@@ -42,9 +51,14 @@ class DenseMotion(nnx.Module):
         self.up1 = Up(4 * hidden, hidden, rngs=rngs)
         self.mask = conv(2 * hidden, k1, 3, rngs=rngs)
         self.occlusion = conv(2 * hidden, 1, 3, rngs=rngs)
+        e = cfg.expression_dim if cfg.code_flow > 0 else 0
+        self.code_fields = conv(2 * hidden, 2 * e, 3, rngs=rngs, zero=True) if e else None
+        m = cfg.motion_size
+        self.code_maps = nnx.Param(jnp.zeros((m, m, e, 2), jnp.float32)) if e else None
 
     def __call__(self, source: Float[Array, "B S S 3"], kp_source: Float[Array, "B K 2"],
-                 kp_driving: Float[Array, "B K 2"]) -> tuple[Float[Array, "B m m 2"], Float[Array, "B m m 1"]]:
+                 kp_driving: Float[Array, "B K 2"], code_change: Float[Array, "B E"] | None = None
+                 ) -> tuple[Float[Array, "B m m 2"], Float[Array, "B m m 1"]]:
         cfg = self.cfg
         m, k1 = cfg.motion_size, cfg.num_keypoints + 1
         b = source.shape[0]
@@ -62,6 +76,10 @@ class DenseMotion(nnx.Module):
         x = jnp.concatenate([x, x0], axis=-1)
         mask = jax.nn.softmax(self.mask(x).astype(jnp.float32), axis=-1)  # [B, m, m, K1]
         flow = jnp.einsum("bhwk,bkhwc->bhwc", mask, motions)
+        if self.code_fields is not None and code_change is not None:
+            fields = self.code_fields(x).astype(jnp.float32).reshape(b, m, m, -1, 2) + self.code_maps[...]
+            shift = jnp.einsum("be,bhwec->bhwc", code_change.astype(jnp.float32), fields)
+            flow = flow + cfg.code_flow * jnp.tanh(shift)
         return flow, jax.nn.sigmoid(self.occlusion(x).astype(jnp.float32))
 
 

@@ -157,7 +157,8 @@ class FaceGenerator(nnx.Module):
 
     def renderer_losses(self, batch: Mapping[str, Any], key: jax.Array) -> tuple[Float[Array, ""], dict]:
         """Stage face_renderer: each row's P frames; the source is the portrait (half the rows: how the renderer
-        is driven at inference) or the clip's first sampled frame, and the other P - 1 frames are rebuilt."""
+        is driven at inference) or the clip's first sampled frame, and the other P - 1 frames are rebuilt.
+        `emotion7` (optional, −1: none) is each row's annotated emotion."""
         k_src, k_loss = jax.random.split(key)
         portrait = jnp.asarray(batch["portrait"], jnp.float32) / 255.0
         frames = jnp.asarray(batch["frames"], jnp.float32) / 255.0
@@ -165,7 +166,8 @@ class FaceGenerator(nnx.Module):
         use_portrait = jax.random.bernoulli(k_src, 0.5, (b,))
         source = jnp.where(use_portrait[:, None, None, None], portrait, frames[:, 0])
         driving = frames[:, 1:].reshape(b * (p - 1), *frames.shape[2:])
-        return self.renderer.losses(source, driving, k_loss, neutral=portrait)
+        emotion = jnp.asarray(batch["emotion7"], jnp.int32) if "emotion7" in batch else None
+        return self.renderer.losses(source, driving, k_loss, neutral=portrait, emotion=emotion)
 
 
 __all__ = ["FaceGenerator", "MOTION_KEYS", "MotionStats", "RENDERER_KEYS", "motion_of", "pose_of"]

@@ -8,9 +8,11 @@
 
 The generator encodes the source at 1/2 and 1/4 resolution, warps both levels with the dense motion (masked by the
 occlusion map), decodes through residual blocks — at full resolution beside the warped source image itself — and
-composites: out = α·warp(source) + (1 − α)·rgb; the driving expression code modulates the decoder (a learned
-spatial map per code number added at 1/4 and at 1/2 resolution, FiLM at both), which is how a mouth opens and brows
-rise where no keypoint moves. So
+composites: out = α·warp(source) + (1 − α)·rgb. The driving expression code acts where no keypoint moves in two
+ways: its change from the source's code adds a displacement field per code number to the flow (`DenseMotion`: a
+brow that rises or tilts is the source's own brow, moved), and it modulates the decoder (a learned spatial map per
+code number added at 1/4 and at 1/2 resolution, FiLM at both), which paints what the source does not show (the
+inside of an open mouth). So
 what the source shows keeps its pixels (identity, sharpness) and the network paints only what is new (the inside
 of an opening mouth, closed eyelids). That is also how it renders above its trained size: the flow, α and rgb are
 upsampled and the warp reads the full-resolution portrait.
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from merg_jax import labels
 from merg_jax.models.face.blocks2d import ConvNormAct, Down, Res, Up, conv
 from merg_jax.models.face.config import FaceConfig
 from merg_jax.models.face.dense_motion import DenseMotion
@@ -79,6 +82,8 @@ class FaceRenderer(nnx.Module):
         # and at 1/2 resolution, where a brow is a pixel thick instead of a quarter of one
         s2 = cfg.size // 2
         self.half_maps = nnx.Param(jnp.zeros((s2, s2, e, c1), jnp.float32)) if e else None
+        self.emotion_head = (nnx.Linear(cfg.static_dim, len(labels.EMOTIONS_7), rngs=rngs)
+                             if cfg.emotion_weight else None)
 
     def _check(self, images, what: str):
         s = self.cfg.size
@@ -94,9 +99,9 @@ class FaceRenderer(nnx.Module):
         kp, code = self.kp.detect(image)
         return SourceState(image=image, kp=kp, code=code, features=(e0, e1, e2))
 
-    def motion(self, src: SourceState, kp_driving: Float[Array, "B K 2"]):
-        """(flow [B, m, m, 2], occlusion [B, m, m, 1]) from the source to the driving keypoints."""
-        return self.dense(src.image, src.kp, kp_driving)
+    def motion(self, src: SourceState, kp_driving: Float[Array, "B K 2"], code: Float[Array, "B E"] | None = None):
+        """(flow [B, m, m, 2], occlusion [B, m, m, 1]) from the source to the driving keypoints and code."""
+        return self.dense(src.image, src.kp, kp_driving, None if code is None else code - src.code)
 
     def decode(self, src: SourceState, flow, occlusion, code: Float[Array, "B E"]
                ) -> tuple[Float[Array, "B S S 3"], Float[Array, "B S S 1"]]:
@@ -141,7 +146,7 @@ class FaceRenderer(nnx.Module):
         if src.image.shape[0] == 1 and n > 1:
             src = src.repeat(n)
         code = src.code if code is None else code
-        flow, occlusion = self.motion(src, kp_driving)
+        flow, occlusion = self.motion(src, kp_driving, code)
         rgb, alpha = self.decode(src, flow, occlusion, code)
         size = out_size or self.cfg.size
         if size == self.cfg.size:
@@ -158,12 +163,13 @@ class FaceRenderer(nnx.Module):
         return self.render(self.source(source), *self.kp.detect(driving))
 
     def losses(self, source: Float[Array, "B S S 3"], driving: Float[Array, "B S S 3"], key: jax.Array,
-               *, neutral: Float[Array, "B S S 3"] | None = None, equivariance: float = 10.0
-               ) -> tuple[Float[Array, ""], dict]:
+               *, neutral: Float[Array, "B S S 3"] | None = None, emotion: Int[Array, "B"] | None = None,
+               equivariance: float = 10.0) -> tuple[Float[Array, ""], dict]:
         """The self-supervised losses of one batch of (source, driving) pairs, images in [0, 1]. With B sources and
         B·R driving frames, source b drives frames b·R … b·R + R − 1 (its features are computed once); those R
         frames come from one clip. `neutral` (default: the sources) is each row's neutral face, the avatar's
-        portrait: the code's static numbers are read as offsets from its code."""
+        portrait: the code's static numbers are read as offsets from its code. `emotion` (index into
+        `labels.EMOTIONS_7`, −1: none) is each row's annotated emotion, for the `emotion_weight` term."""
         b, n = source.shape[0], driving.shape[0]
         if n % b:
             raise ValueError(f"face renderer: {n} driving frames for {b} sources (expected a multiple)")
@@ -208,7 +214,26 @@ class FaceRenderer(nnx.Module):
             nce = same_clip_contrastive(offset, jnp.arange(n) // r, self.cfg.clip_temperature)
             loss = loss + self.cfg.clip_weight * nce
             metrics["clip_nce"] = nce
+        if self.emotion_head is not None and emotion is not None:
+            # The static offset must tell the annotated emotion (a linear read-out): what the decoder and the
+            # code's flow then learn to draw from it is that emotion's brows, eyes and mouth corners.
+            offset = code_d[:, :s] - jnp.repeat(neutral_code[:, :s], r, axis=0)
+            target = jnp.repeat(jnp.asarray(emotion, jnp.int32), r, axis=0)
+            ce, right = emotion_cross_entropy(self.emotion_head(offset), target)
+            loss = loss + self.cfg.emotion_weight * ce
+            metrics["emotion_ce"], metrics["emotion_acc"] = ce, right
         return loss, metrics
+
+
+def emotion_cross_entropy(logits: Float[Array, "N C"], target: Int[Array, "N"]
+                          ) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """(mean cross-entropy, accuracy) over the rows with a label (target ≥ 0); both 0 when no row has one."""
+    known = target >= 0
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.maximum(target, 0)[:, None], axis=-1)[:, 0]
+    count = jnp.maximum(jnp.sum(known), 1)
+    right = jnp.sum(known & (jnp.argmax(logits, axis=-1) == target)) / count
+    return jnp.sum(jnp.where(known, nll, 0.0)) / count, right
 
 
 def same_clip_contrastive(z: Float[Array, "N D"], clip: Int[Array, "N"], temperature: float) -> Float[Array, ""]:
@@ -224,4 +249,4 @@ def same_clip_contrastive(z: Float[Array, "N D"], clip: Int[Array, "N"], tempera
     return jnp.sum(jnp.where(count > 0, per_row, 0.0)) / jnp.maximum(jnp.sum(count > 0), 1)
 
 
-__all__ = ["FaceRenderer", "SourceState", "same_clip_contrastive"]
+__all__ = ["FaceRenderer", "SourceState", "emotion_cross_entropy", "same_clip_contrastive"]
