@@ -72,7 +72,7 @@ def test_eval_writes_metrics_a_table_and_a_valid_submission(trained_run, mini_ro
     out, _ = trained_run
     rc = main(["eval", "--checkpoint", str(out), "--data", str(mini_root), "--split", "test", "--out",
                str(tmp_path / "m.json"), "--submission", str(tmp_path / "sub"), "--with-ablation", "--quiet",
-               "--speech", "4", "--video", "2", "--sync-steps", "20"])
+               "--speech", "4", "--video", "2", "--sync-steps", "20", "--emotion-steps", "20"])
     assert rc == 0
     table = capsys.readouterr().out
     assert "48.51" in table and "| Ours" in table
@@ -123,7 +123,8 @@ def test_eval_writes_metrics_a_table_and_a_valid_submission(trained_run, mini_ro
     assert ("emotion" in video) == bool(speakers)
     if speakers:
         assert video["emotion"]["clips"] == len(speakers)
-        assert {"label_driven", "reference_driven", "real_motion", "real"} <= set(video["emotion"])
+        assert {"label_driven", "reference_driven", "real_motion", "real", "still"} <= set(video["emotion"])
+        assert (out / "judges" / "emotion" / "config.json").exists()
     assert (out / "judges" / "sync" / "config.json").exists()
     assert metrics["dist1"] == pytest.approx(_distinct(responses, 1), abs=1e-9)
     assert metrics["dist2"] == pytest.approx(_distinct(responses, 2), abs=1e-9)

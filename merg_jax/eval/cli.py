@@ -2,6 +2,7 @@
 
     merg-jax eval --checkpoint DIR --data DIR [--split test] --out FILE.json [--ablate audio,video]
                   [--submission DIR] [--limit N] [--with-ablation] [--speech N] [--video N] [--sync-steps N]
+                  [--emotion-steps N]
 
 DIR of --checkpoint: a training output directory or an exported bundle. Writes FILE.json (metrics),
 FILE.predictions.jsonl (every turn: gold and generated fields) and FILE.md (our figures beside the paper's), and
@@ -11,8 +12,9 @@ reply's speech and talking-face video when the model has the generators. --speec
 N utterances of the split (MCD, F0, duration, WER beside the real speech's, emotion, RTF:
 merg_jax/eval/speech_eval.py) into FILE.json's "speech"; --video N scores the face generator on N clips (renderer,
 SSIM/PSNR, mouth motion, sync LSE-C/D, emotion, identity, CPBD, RTF beside their baselines:
-merg_jax/eval/video_eval.py) into FILE.json's "video", training the sync judge for --sync-steps steps the first time
-(kept in CHECKPOINT/judges/sync); 0 skips either.
+merg_jax/eval/video_eval.py) into FILE.json's "video", training the sync judge for --sync-steps steps and the
+emotion judge for --emotion-steps steps the first time (kept in CHECKPOINT/judges/sync and .../emotion); 0 skips
+either.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="clips to score the face generator on (%(default)s; 0: none)")
     p.add_argument("--sync-steps", type=int, default=1500,
                    help="training steps of the sync judge when CHECKPOINT/judges/sync does not hold one yet")
+    p.add_argument("--emotion-steps", type=int, default=400,
+                   help="training steps of the emotion judge when CHECKPOINT/judges/emotion does not hold one yet")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -85,16 +89,19 @@ def main(argv: list[str] | None = None) -> int:
             m["speech"] = evaluate_speech(loaded, args.data, args.split, limit=args.speech, emit=log.info)
             log.info("speech: %s", ", ".join(f"{k} {v:.3f}" for k, v in m["speech"].items()
                                               if isinstance(v, float)))
-        if args.video < 0 or args.sync_steps < 1:
-            raise ValueError(f"--video {args.video} / --sync-steps {args.sync_steps}: must be >= 0 / >= 1")
+        if args.video < 0 or args.sync_steps < 1 or args.emotion_steps < 1:
+            raise ValueError(f"--video {args.video} / --sync-steps {args.sync_steps} / --emotion-steps "
+                             f"{args.emotion_steps}: must be >= 0 / >= 1 / >= 1")
         if args.video and loaded.model.face is not None:
             import pathlib
 
             from merg_jax.eval.video_eval import evaluate_video
 
-            judges = pathlib.Path(args.checkpoint) / "judges" / "sync"
-            m["video"] = evaluate_video(loaded, args.data, args.split, limit=args.video, sync_dir=str(judges),
-                                        sync_steps=args.sync_steps, emit=log.info)
+            judges = pathlib.Path(args.checkpoint) / "judges"
+            m["video"] = evaluate_video(loaded, args.data, args.split, limit=args.video,
+                                        sync_dir=str(judges / "sync"), sync_steps=args.sync_steps,
+                                        emotion_dir=str(judges / "emotion"), emotion_steps=args.emotion_steps,
+                                        emit=log.info)
         dataset = f"{args.data} ({args.split} split, {m['num_turns']} turns)"
         out, preds, table = write_outputs(result, args.out, ablation=ablation, dataset=dataset)
         print(table)

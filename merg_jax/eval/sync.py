@@ -27,12 +27,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import json
 import math
 import os
 import pathlib
 import time
-import uuid
 from typing import Callable, Iterable, Iterator, Sequence, TypedDict
 
 import jax
@@ -42,7 +40,8 @@ import optax
 from flax import nnx
 from jaxtyping import Array, Float
 
-from merg_jax.eval.video import MOUTH_REGION_96, scale_region
+from merg_jax.eval.judge_io import JudgeError, load_judge, num_params, save_judge
+from merg_jax.eval.video import MOUTH_REGION_96, area_matrix, scale_region
 
 __all__ = [
     "AUDIO_WINDOW", "FPS", "MFCC_PER_FRAME", "SAMPLE_RATE", "SyncConfig", "SyncModel", "SyncModelError",
@@ -59,12 +58,11 @@ WINDOW = 5  # video frames per window (SyncNet's 0.2 s)
 AUDIO_WINDOW = WINDOW * MFCC_PER_FRAME  # 20 MFCC frames
 N_FFT = 400  # 25 ms analysis window
 FORMAT = "merg_jax.sync_model"
-_CONFIG_FILE, _WEIGHTS_FILE = "config.json", "weights.npz"
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601
 _BUCKET = 64  # window counts are padded up to a multiple of this before embedding: few jit shapes
 
 
-class SyncModelError(ValueError):
+class SyncModelError(JudgeError):
     """A sync-model directory that is missing, incomplete or does not match its config; the message names it."""
 
 
@@ -121,16 +119,6 @@ def mfcc(wave: np.ndarray, sr: int, *, n_mfcc: int = 13, n_mels: int = 40) -> Fl
     return dct(logmel.astype(np.float64), type=2, norm="ortho", axis=-1)[:, :n_mfcc].astype(np.float32)
 
 
-def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in] weights of an area (box) resize: output pixel i averages input span [i, i+1) * n_in / n_out,
-    counting partly covered input pixels by the covered fraction."""
-    edges = np.arange(n_out + 1) * (n_in / n_out)
-    lo, hi = edges[:-1, None], edges[1:, None]
-    pix = np.arange(n_in)[None, :]
-    overlap = np.clip(np.minimum(hi, pix + 1) - np.maximum(lo, pix), 0.0, None)
-    return (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def mouth_crops(frames: np.ndarray, size: tuple[int, int] = (16, 20)) -> Float[np.ndarray, "T h w"]:
     """Grey mouth crops float32 [T, h, w] in [0, 1] of uint8 frames [T, H, W, 3] (or grey [T, H, W]).
 
@@ -147,7 +135,7 @@ def mouth_crops(frames: np.ndarray, size: tuple[int, int] = (16, 20)) -> Float[n
         x = x[..., :3] @ _LUMA if x.shape[-1] >= 3 else x[..., 0]
     x = np.asarray(x, np.float32) / 255.0
     h, w = size
-    return (_area_matrix(r1 - r0, h) @ x @ _area_matrix(c1 - c0, w).T).astype(np.float32)
+    return (area_matrix(r1 - r0, h) @ x @ area_matrix(c1 - c0, w).T).astype(np.float32)
 
 
 def _resample_frames(frames: np.ndarray, fps: float) -> np.ndarray:
@@ -249,10 +237,6 @@ class SyncModel(nnx.Module):
 
     def embed_audio(self, x: Float[Array, "B 20 C"]) -> Float[Array, "B D"]:
         return self.audio(x)
-
-
-def num_params(model: SyncModel) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
 @jax.jit
@@ -606,64 +590,14 @@ def train_sync_model(root: str | os.PathLike, *, split: str = "train", steps: in
 # -------------------------------------------------------------------------------------------------- save/load
 
 
-def _atomic_write(path: pathlib.Path, write: Callable) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-
-
-def _flat_name(path) -> str:
-    return "/".join(str(p) for p in path)
-
-
 def save_sync_model(model: SyncModel, directory: str | os.PathLike) -> pathlib.Path:
-    """Write `weights.npz` (float32, one array per parameter, named by its path, e.g. `video/conv1/kernel`) and
-    `config.json` (format, version, SyncConfig, parameter count) into `directory` (created if needed). Each file
-    is written to a temporary name and renamed into place, the weights first, so a reader never sees half a file.
-    Returns the directory."""
-    d = pathlib.Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    arrays = {_flat_name(p): np.asarray(v.get_value(), np.float32) for p, v in nnx.to_flat_state(nnx.state(model))}
-    _atomic_write(d / _WEIGHTS_FILE, lambda f: np.savez(f, **arrays))
-    meta = {"format": FORMAT, "version": 1, "config": model.config.to_json(), "params": num_params(model)}
-    _atomic_write(d / _CONFIG_FILE, lambda f: f.write((json.dumps(meta, indent=1) + "\n").encode()))
-    return d
+    """Write `weights.npz` and `config.json` (SyncConfig) into `directory` (created if needed), atomically
+    (`merg_jax.eval.judge_io`). Returns the directory."""
+    return save_judge(model, directory, format=FORMAT, config=model.config.to_json())
 
 
 def load_sync_model(directory: str | os.PathLike) -> SyncModel:
     """The SyncModel saved in `directory` by `save_sync_model`. Raises SyncModelError naming the path when the
     directory or a file is missing, unreadable, of another format, or does not match its config."""
-    d = pathlib.Path(directory)
-    if not d.is_dir():
-        raise SyncModelError(f"sync model {d}: not a directory (train one with train_sync_model and save it "
-                             f"with save_sync_model)")
-    cfg_path, w_path = d / _CONFIG_FILE, d / _WEIGHTS_FILE
-    try:
-        meta = json.loads(cfg_path.read_text())
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} config")
-        config = SyncConfig.from_json(meta["config"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SyncModelError(f"sync model {cfg_path}: {type(e).__name__}: {e}") from None
-    try:
-        with np.load(w_path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # noqa: BLE001 - zip/npy errors come in many types
-        raise SyncModelError(f"sync model {w_path}: cannot read weights: {type(e).__name__}: {e}") from None
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: SyncModel(config, rngs=nnx.Rngs(0))))
-    flat = []
-    for p, var in nnx.to_flat_state(abstract):
-        name = _flat_name(p)
-        if name not in arrays:
-            raise SyncModelError(f"sync model {w_path}: parameter {name!r} is missing")
-        if tuple(arrays[name].shape) != tuple(var.shape):
-            raise SyncModelError(f"sync model {w_path}: parameter {name!r} has shape {list(arrays[name].shape)}, "
-                                 f"the config wants {list(var.shape)}")
-        flat.append((p, var.replace(jnp.asarray(arrays[name], var.dtype))))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+    return load_judge(directory, format=FORMAT, what="sync model", error=SyncModelError,
+                      build=lambda raw: SyncModel(SyncConfig.from_json(raw), rngs=nnx.Rngs(0)))

@@ -33,8 +33,8 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
-    "CPBD_BLOCK", "MOUTH_REGION_96", "PSNR_CAP_DB", "Region", "cpbd", "psnr", "real_time_factor", "scale_region",
-    "ssim", "ssim_map", "video_cpbd", "video_psnr", "video_ssim",
+    "CPBD_BLOCK", "MOUTH_REGION_96", "PSNR_CAP_DB", "Region", "area_matrix", "cpbd", "psnr", "real_time_factor",
+    "scale_region", "ssim", "ssim_map", "video_cpbd", "video_psnr", "video_ssim",
 ]
 
 Region = tuple[int, int, int, int]  # (row0, row1, col0, col1), half-open
@@ -61,6 +61,16 @@ _LUMA = np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])  # M
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
+
+
+def area_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of an area (box) resize: output pixel i averages input span [i, i+1) * n_in / n_out,
+    counting partly covered input pixels by the covered fraction (`A_rows @ image @ A_cols.T`)."""
+    edges = np.arange(n_out + 1) * (n_in / n_out)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    pix = np.arange(n_in)[None, :]
+    overlap = np.clip(np.minimum(hi, pix + 1) - np.maximum(lo, pix), 0.0, None)
+    return (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _as_float(x: np.ndarray) -> np.ndarray:

@@ -17,10 +17,10 @@ For each of `limit` clips with audio, video and an avatar portrait (a fixed, see
 - **sync**: LSE-C / LSE-D from our sync judge (`merg_jax.eval.sync`, trained contrastively on the training split
   once and kept in `sync_dir`) on generated, real and still clips, with the judge's accuracy at finding the true
   audio offset of real clips beside them;
-- **emotion**: Empatheia's own video tower with its clip emotion head (trained on the training split's speaker
-  clips by the `encoders` stage) on generated clips (label- and reference-driven), on the portrait moved by the
-  real clip's own keypoints and codes (`real_motion`: what the renderer can show with perfect motion) and on the
-  real clips;
+- **emotion**: our emotion judge (`merg_jax.eval.emotion_judge`, trained on the training split's labelled speaker
+  clips once and kept in `emotion_dir`; it reads each frame as a change from the avatar's portrait) on generated
+  clips (label- and reference-driven), on the portrait moved by the real clip's own keypoints and codes
+  (`real_motion`: what the renderer can show with perfect motion), on the real clips and on the still portrait;
 - **real-time factor**: seconds of animation (content, motion, rendering; batch 1, after compilation) per second
   of video, at the trained size and at 256×256.
 """
@@ -91,38 +91,6 @@ def identity_ssim(frames: np.ndarray, portrait: np.ndarray, region) -> float:
     return float(np.mean(out))
 
 
-class FrameEmotionClassifier:
-    """Empatheia's video tower + clip emotion head on talking-face frames: the 7-way emotion it sees."""
-
-    def __init__(self, loaded):
-        import jax
-        from flax import nnx
-
-        model = loaded.model
-        if model.encoders.vision is None or model.encoders.video_emotion is None:
-            raise ValueError("the frame-emotion classifier needs the video tower with its clip emotion head "
-                             "(config.empatheia.clip_emotion_head=True, trained by the `encoders` stage)")
-        v = loaded.config.data.video
-        self.fps, self.size = float(v.fps), int(v.size)
-        self.crop, self.frames = float(v.get("crop", 1.0)), int(v.frames)
-        graphdef, state = nnx.split(model)
-
-        @jax.jit
-        def logits(state, frames, n):
-            m = nnx.merge(graphdef, state)
-            return m.encoders.video_emotion(m.video_clips(frames, n).pooled)
-
-        self._state, self._logits = state, logits
-
-    def __call__(self, frames: np.ndarray, fps: float) -> int:
-        from merg_jax.data.features import video_frames
-
-        x = video_frames(frames, fps, target_fps=self.fps, size=self.size, crop=self.crop)[: self.frames]
-        batch = np.zeros((1, 1, self.frames, self.size, self.size, 3), np.uint8)
-        batch[0, 0, : len(x)] = x
-        return int(np.argmax(np.asarray(self._logits(self._state, batch, np.asarray([[len(x)]], np.int32)))[0]))
-
-
 def _sidecar(video: str) -> dict | None:
     path = pathlib.Path(video).with_suffix(".json")
     try:
@@ -136,18 +104,38 @@ def _mean(xs) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
+def _kept_judge(directory: str | None, load: Callable, train: Callable, save: Callable):
+    """The judge kept in `directory`, or `train()`ed and kept there (when `directory` is set)."""
+    if directory and (pathlib.Path(directory) / "config.json").exists():
+        return load(directory)
+    model = train()
+    if directory:
+        save(model, directory)
+    return model
+
+
 def sync_judge(data_root: str, sync_dir: str | None, emit: Callable[[str], None], *, steps: int = 1500,
                max_clips: int = 800):
     """The sync judge kept in `sync_dir`, trained on `data_root`'s training split when it is not there yet."""
     from merg_jax.eval.sync import load_sync_model, save_sync_model, train_sync_model
 
-    if sync_dir and (pathlib.Path(sync_dir) / "config.json").exists():
-        return load_sync_model(sync_dir)
-    emit(f"video eval: training the sync judge on {data_root} (train split, {steps} steps)")
-    model = train_sync_model(data_root, split="train", steps=steps, max_clips=max_clips, log=emit)
-    if sync_dir:
-        save_sync_model(model, sync_dir)
-    return model
+    def train():
+        emit(f"video eval: training the sync judge on {data_root} (train split, {steps} steps)")
+        return train_sync_model(data_root, split="train", steps=steps, max_clips=max_clips, log=emit)
+
+    return _kept_judge(sync_dir, load_sync_model, train, save_sync_model)
+
+
+def emotion_judge(data_root: str, emotion_dir: str | None, emit: Callable[[str], None], *, steps: int = 400,
+                  max_clips: int = 600):
+    """The emotion judge kept in `emotion_dir`, trained on `data_root`'s training split when it is not there yet."""
+    from merg_jax.eval.emotion_judge import load_emotion_judge, save_emotion_judge, train_emotion_judge
+
+    def train():
+        emit(f"video eval: training the emotion judge on {data_root} (train split, {steps} steps)")
+        return train_emotion_judge(data_root, split="train", steps=steps, max_clips=max_clips, log=emit)
+
+    return _kept_judge(emotion_dir, load_emotion_judge, train, save_emotion_judge)
 
 
 def _sync(judge, frames, wave, sr) -> dict | None:
@@ -210,7 +198,8 @@ def pick_clips(data_root: str, split: str, limit: int) -> list[dict]:
 
 
 def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 20, sync_dir: str | None = None,
-                   sync_steps: int = 1500, emit: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   sync_steps: int = 1500, emotion_dir: str | None = None, emotion_steps: int = 400,
+                   emit: Callable[[str], None] | None = None) -> dict[str, Any]:
     from merg_jax.data.face_corpus import clip_frames, read_image
     from merg_jax.data.speech_corpus import read_speech
     from merg_jax.eval.video import MOUTH_REGION_96, scale_region, video_cpbd, video_psnr, video_ssim
@@ -225,10 +214,10 @@ def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 
     records = pick_clips(data_root, split, limit)
     rebuild = ClipRebuilder(face.renderer)
     try:
-        classify = FrameEmotionClassifier(loaded)
+        emotions = emotion_judge(str(data_root), emotion_dir, emit, steps=emotion_steps)
     except ValueError as e:
-        emit(f"video eval: no frame-emotion classifier ({e})")
-        classify = None
+        emit(f"video eval: no emotion judge ({e})")
+        emotions = None
     from merg_jax.eval.sync import offset_accuracy
 
     try:
@@ -284,12 +273,15 @@ def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 
             row["sync"] = {name: _sync(judge, clip, wave, sr)
                            for name, clip in (("generated", gen), ("real", ref), ("still", still))}
             real_clips.append((ref, wave, sr))
-        if classify is not None and r["emotion7"] >= 0:
+        if emotions is not None and r["emotion7"] >= 0:
+            from merg_jax.eval.emotion_judge import clip_emotion
+
             label = anim.animate(portrait, content, anim.style_from_label(labels.EMOTIONS_7[r["emotion7"]]))
             replay = anim.render(portrait, real_motion)  # the renderer's ceiling: the real clip's own motion
-            row["emotion"] = {"gold": r["emotion7"], "label_driven": classify(label, fps),
-                              "reference_driven": classify(gen, fps), "real_motion": classify(replay, fps),
-                              "real": classify(ref, fps)}
+            row["emotion"] = {"gold": r["emotion7"]} | {
+                name: clip_emotion(emotions, clip, portrait) for name, clip in (
+                    ("label_driven", label), ("reference_driven", gen), ("real_motion", replay), ("real", ref),
+                    ("still", still))}
         rows.append(row)
         if (k + 1) % 5 == 0:
             emit(f"video eval: {k + 1}/{len(records)} clips")
@@ -314,7 +306,7 @@ def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 
     emo = [r["emotion"] for r in rows if "emotion" in r]
     if emo:
         out["emotion"] = {k: float(np.mean([e[k] == e["gold"] for e in emo]))
-                          for k in ("label_driven", "reference_driven", "real_motion", "real")}
+                          for k in ("label_driven", "reference_driven", "real_motion", "real", "still")}
         out["emotion"].update(clips=len(emo), chance=1.0 / len(labels.EMOTIONS_7))
     # the real-time factor at 256×256 on the first clip
     wave = read_speech(records[0]["audio"], sr)
@@ -327,5 +319,5 @@ def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 
     return out
 
 
-__all__ = ["ClipRebuilder", "FrameEmotionClassifier", "correlation", "energy_envelope", "evaluate_video",
-           "identity_ssim", "mouth_opening", "pick_clips", "renderer_scores", "sync_judge"]
+__all__ = ["ClipRebuilder", "correlation", "energy_envelope", "emotion_judge", "evaluate_video", "identity_ssim",
+           "mouth_opening", "pick_clips", "renderer_scores", "sync_judge"]
