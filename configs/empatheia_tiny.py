@@ -93,7 +93,7 @@ def get_config() -> ml_collections.ConfigDict:
                     vocoder_dim=192, vocoder_layers=6, vocoder_segment=32),
         # the talking-face generator (merg_jax/models/face): 96x96 at 25 fps, 10 learnt keypoints, driven by the
         # speech generator's mel; the FaceConfig defaults (content 32 = C^v, style 32 = S^v)
-        face=dict(size=96, fps=25.0, num_keypoints=10, expression_dim=12, static_dim=6, emotion_weight=0.1,
+        face=dict(size=96, fps=25.0, num_keypoints=10, expression_dim=12, static_dim=6, emotion_weight=1.0,
                   detector_size=48, detector_channels=16, motion_size=24, channels=(16, 32, 64), blocks=2,
                   change_weight=20.0, content_dim=32, content_hidden=128, content_layers=4,
                   style_dim=32, style_hidden=128, style_layers=3, style_frames=64, dim=128, layers=3, heads=4,
