@@ -202,6 +202,7 @@ def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 
                    emit: Callable[[str], None] | None = None) -> dict[str, Any]:
     from merg_jax.data.face_corpus import clip_frames, read_image
     from merg_jax.data.speech_corpus import read_speech
+    from merg_jax.eval.emotion_judge import clip_emotion
     from merg_jax.eval.video import MOUTH_REGION_96, scale_region, video_cpbd, video_psnr, video_ssim
     from merg_jax.infer.face import Animator
 
@@ -274,8 +275,6 @@ def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 
                            for name, clip in (("generated", gen), ("real", ref), ("still", still))}
             real_clips.append((ref, wave, sr))
         if emotions is not None and r["emotion7"] >= 0:
-            from merg_jax.eval.emotion_judge import clip_emotion
-
             label = anim.animate(portrait, content, anim.style_from_label(labels.EMOTIONS_7[r["emotion7"]]))
             replay = anim.render(portrait, real_motion)  # the renderer's ceiling: the real clip's own motion
             row["emotion"] = {"gold": r["emotion7"]} | {

@@ -207,17 +207,16 @@ class FaceRenderer(nnx.Module):
             spread = jnp.std(code_d[:, s:] - src.code[:, s:], axis=0)
             loss = loss + jnp.mean(jax.nn.relu(self.cfg.code_spread - spread))
             metrics["code_spread"] = jnp.mean(spread)
+        # The static numbers as offsets from the neutral face: a frame's raw code also tells the avatar apart.
+        offset = code_d[:, :s] - jnp.repeat(neutral_code[:, :s], r, axis=0)
         if s and r > 1:
-            # The static numbers: the same within a clip, different between clips. Offsets from the neutral face,
-            # because a frame's raw code also tells the avatar apart, and that is constant within a clip too.
-            offset = code_d[:, :s] - jnp.repeat(neutral_code[:, :s], r, axis=0)
+            # The same within a clip, different between clips.
             nce = same_clip_contrastive(offset, jnp.arange(n) // r, self.cfg.clip_temperature)
             loss = loss + self.cfg.clip_weight * nce
             metrics["clip_nce"] = nce
         if self.emotion_head is not None and emotion is not None:
             # The static offset must tell the annotated emotion (a linear read-out): what the decoder and the
             # code's flow then learn to draw from it is that emotion's brows, eyes and mouth corners.
-            offset = code_d[:, :s] - jnp.repeat(neutral_code[:, :s], r, axis=0)
             target = jnp.repeat(jnp.asarray(emotion, jnp.int32), r, axis=0)
             ce, right = emotion_cross_entropy(self.emotion_head(offset), target)
             loss = loss + self.cfg.emotion_weight * ce
