@@ -169,6 +169,24 @@ def test_respond_answers_a_hand_written_dialogue(trained_run, tmp_path, capsys):
     assert abs(d["audio"] - d["video"]) <= 1 / 25
     by_speech = merg_jax.respond(str(out), path, out=tmp_path / "s", face_from="speech")
     assert by_speech["video"]["from"] == "speech" and by_speech["video"]["frames"] == reply["video"]["frames"]
+    # the emotion voice and face were rendered with: the Style Disentangler's (as its classifier reads it), the
+    # reply's own label (style_from="label"), or one the user chose
+    assert reply["speech"]["style"] == {"from": "S^s", "emotion7": reply["classifier"]["emotion7"]}
+    assert reply["video"]["style"] == {"from": "S^v", "emotion7": reply["classifier"]["emotion7"]}
+    by_label = merg_jax.respond(str(out), path, out=tmp_path / "l", style_from="label", speech_from="text")
+    assert by_label["speech"]["style"] == by_label["video"]["style"] == {"from": "label",
+                                                                         "emotion7": reply["emotion7"]}
+    chosen = merg_jax.respond(str(out), path, out=tmp_path / "happy", emotion="happy", speech_from="text")
+    assert chosen["chosen_emotion7"] == "happy" and chosen["text"] == reply["text"]
+    assert chosen["speech"]["style"] == chosen["video"]["style"] == {"from": "label", "emotion7": "happy"}
+    from merg_jax.infer.speech import Synthesizer  # the chosen style is the one spoken: the synthesiser by hand
+
+    synth = Synthesizer(load_model(out).model.speech)
+    expect = synth.speak(chosen["response"], synth.style_from_label("happy", "male", "middle-aged", "low"))
+    spoken = sf.read(str(tmp_path / "happy" / "reply.wav"))[0]
+    np.testing.assert_allclose(spoken, np.clip(expect, -1, 1), atol=2e-3)  # 16-bit PCM
+    with pytest.raises(ValueError, match="--emotion 'bored'"):
+        merg_jax.respond(str(out), path, emotion="bored")
 
 
 @pytest.mark.parametrize("content, flags, message", [

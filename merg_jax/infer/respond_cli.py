@@ -2,7 +2,8 @@
 `DIR/reply.mp4`).
 
     merg-jax respond --checkpoint DIR --dialogue FILE.json [--turn N] [--conversation ID] [--media-root DIR]
-                     [--speech-from content|text] [--face-from content|speech] [--portrait IMG] --out DIR
+                     [--speech-from content|text] [--face-from content|speech] [--style-from sd|label]
+                     [--emotion E] [--portrait IMG] --out DIR
 
 The dialogue is in the AvaMERG JSON schema (one conversation, or a list: the first, or --conversation ID); the
 answered turn is --turn (a turn_id; default the last), whose `response` may be absent. Media
@@ -33,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--face-from", default="content", choices=("content", "speech"),
                    help="reply.mp4 driven by the Content Synchronizer's C^v (the paper; default) or by reply.wav, "
                         "both in the Style Disentangler's style S^v")
+    p.add_argument("--style-from", default="sd", choices=("sd", "label"),
+                   help="voice and face in the Style Disentangler's styles S^s, S^v (the paper; default) or in the "
+                        "generators' label style of the reply's emotion (written, heard and seen agree)")
+    p.add_argument("--emotion", default=None,
+                   help="render voice and face in this emotion (one of the 7, or of the 32), whatever the model chose")
     p.add_argument("--portrait", default=None,
                    help="the avatar's image (default: avatars/{ID}.png of the listener profile under the media root)")
     p.add_argument("--out", required=True, help="output directory (reply.json, reply.wav, reply.mp4)")
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         read_turn(args.dialogue, turn=args.turn, conversation=args.conversation, media_root=args.media_root,
                   check_media="none")
         responder = Responder(load_model(args.checkpoint), speech_from=args.speech_from, face_from=args.face_from,
-                              portrait=args.portrait)
+                              portrait=args.portrait, style_from=args.style_from, emotion=args.emotion)
         reply = responder(args.dialogue, turn=args.turn, conversation=args.conversation, media_root=args.media_root,
                           out=args.out)
     except (ValueError, FileNotFoundError, OSError) as e:
