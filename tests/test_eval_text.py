@@ -171,6 +171,29 @@ def test_comparison_table_puts_paper_beside_ours():
     assert "4.16" in with_av and "0.41" in with_av
 
 
+def test_comparison_table_reads_the_eval_video_and_speech_sections():
+    ours = {"emotion_acc": 0.3, "num_turns": 4,
+            "video": {"ssim": {"generated": 0.8712, "still": 0.8655}, "ssim_mouth": {"generated": 0.77, "still": 0.65},
+                      "cpbd": {"generated": 0.1234, "real": 0.2345},
+                      "sync": {"generated": {"lse_c": 0.676, "lse_d": 9.1}, "real": {"lse_c": 0.808, "lse_d": 8.0}},
+                      "emotion": {"label_driven": 0.26, "still": 0.11}, "real_time_factor": 0.55},
+            "speech": {"mcd_db": 7.5, "mcd_baseline_mean_training_mc": 9.25, "wer_generated": 0.4}}
+    table = paper.comparison_table(ours)
+    row = lambda start: next(line for line in table.splitlines() if line.startswith(start))  # noqa: E731
+    # the paper's rows: Empatheia, ground truth, ours, our real clips
+    assert [c.strip() for c in row("| CPBD").split("|")[2:6]] == ["0.15", "0.20", "0.12", "0.23"]
+    assert [c.strip() for c in row("| SSIM").split("|")[3:6]] == ["1.00", "0.87", "1.00"]
+    assert [c.strip() for c in row("| Sync confidence").split("|")[4:6]] == ["0.68", "0.81"]
+    assert row("| MOS").split("|")[4].strip() == "–"  # human ratings: we have none
+    # our own figures, each beside its baseline; a row whose figure is absent is left out
+    assert [c.strip() for c in row("| speech: MCD").split("|")[2:4]] == ["7.50", "9.25 (the training set's mean "
+                                                                          "mel-cepstrum)"]
+    assert "the still portrait" in row("| video: SSIM, mouth region") and "0.77" in row("| video: SSIM, mouth")
+    assert "0.26" in row("| video: Emotion seen") and "WER" in table and "recogniser" in row("| speech: WER")
+    assert "Emotion heard" not in table
+    assert paper.media_table({"emotion_acc": 0.3}) == ""
+
+
 # ---------------------------------------------------------------------------------------------------- submission
 
 ROWS = [

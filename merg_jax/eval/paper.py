@@ -16,7 +16,8 @@ import math
 from typing import Any, Mapping
 
 __all__ = [
-    "AV_ROWS", "PAPER_ABLATIONS", "PAPER_AV", "PAPER_DATASET", "PAPER_TEXT", "TEXT_ROWS", "comparison_table",
+    "AV_ROWS", "MEDIA_ROWS", "PAPER_ABLATIONS", "PAPER_AV", "PAPER_DATASET", "PAPER_TEXT", "TEXT_ROWS",
+    "comparison_table", "media_table", "paper_av_figures",
 ]
 
 PAPER_DATASET = "AvaMERG test set"
@@ -54,7 +55,7 @@ TEXT_ROWS: tuple[tuple[str, str, str], ...] = (
     ("num_turns", "Turns evaluated", "count"),
 )
 
-# Speech/video rows: our keys are the same as the paper's (a later issue adds these metrics).
+# Speech/video rows of the paper's table; ours come from `merg-jax eval`'s "video" section (`paper_av_figures`).
 AV_ROWS: tuple[tuple[str, str], ...] = (
     ("mos", "MOS"),
     ("smos", "SMOS"),
@@ -64,6 +65,66 @@ AV_ROWS: tuple[tuple[str, str], ...] = (
 )
 
 _DASH = "–"
+
+
+def _get(tree: Mapping[str, Any] | None, *path: str) -> Any:
+    for key in path:
+        if not isinstance(tree, Mapping):
+            return None
+        tree = tree.get(key)
+    return tree
+
+
+def paper_av_figures(ours: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Our figures under the paper's AV keys: (generated, real test clips). CPBD, full-frame SSIM against the
+    reference clip and the sync judge's LSE-C come from `ours["video"]`; MOS and SMOS are human ratings we do not
+    have. A key already at the top level of `ours` wins (an older metrics file)."""
+    video = ours.get("video")
+    generated = {"cpbd": _get(video, "cpbd", "generated"), "ssim": _get(video, "ssim", "generated"),
+                 "sync_conf": _get(video, "sync", "generated", "lse_c")}
+    generated.update({k: ours[k] for k, _ in AV_ROWS if ours.get(k) is not None})
+    real = {"cpbd": _get(video, "cpbd", "real"), "ssim": 1.0 if video else None,
+            "sync_conf": _get(video, "sync", "real", "lse_c")}
+    return generated, real
+
+
+# (section, path in the metrics, label, path of the baseline or None, baseline's name) of `media_table`.
+MEDIA_ROWS: tuple[tuple[str, tuple[str, ...], str, tuple[str, ...] | None, str], ...] = (
+    ("speech", ("mcd_db",), "MCD (dB), lower is better", ("mcd_baseline_mean_training_mc",),
+     "the training set's mean mel-cepstrum"),
+    ("speech", ("wer_generated",), "WER of the offline recogniser", ("wer_reference",), "the real recordings"),
+    ("speech", ("emotion_acc_generated",), "Emotion heard (our audio tower)", ("emotion_acc_real",),
+     "the real recordings"),
+    ("speech", ("real_time_factor",), "Real-time factor", None, ""),
+    ("video", ("ssim", "generated"), "SSIM, full frame", ("ssim", "still"), "the still portrait"),
+    ("video", ("ssim_mouth", "generated"), "SSIM, mouth region", ("ssim_mouth", "still"), "the still portrait"),
+    ("video", ("mouth_vs_energy", "generated"), "Mouth opening ~ speech energy (ρ)", ("mouth_vs_energy", "still"),
+     "the still portrait"),
+    ("video", ("sync", "generated", "lse_c"), "Sync confidence (LSE-C)", ("sync", "real", "lse_c"),
+     "the real clips"),
+    ("video", ("emotion", "label_driven"), "Emotion seen (our judge), by label", ("emotion", "still"),
+     "the still portrait"),
+    ("video", ("cpbd", "generated"), "CPBD sharpness", ("cpbd", "real"), "the real clips"),
+    ("video", ("real_time_factor",), "Real-time factor", None, ""),
+)
+
+
+def media_table(ours: Mapping[str, Any]) -> str:
+    """A markdown table of the speech and face generators' figures, each beside its baseline; "" when `ours` has
+    neither a "speech" nor a "video" section."""
+    lines = []
+    for section, path, label, base, base_name in MEDIA_ROWS:
+        if not isinstance(ours.get(section), Mapping):
+            continue
+        value = _get(ours[section], *path)
+        if value is None:
+            continue
+        baseline = _get(ours[section], *base) if base else None
+        lines.append(_row([f"{section}: {label}", _fmt(value),
+                           f"{_fmt(baseline)} ({base_name})" if baseline is not None else _DASH]))
+    if not lines:
+        return ""
+    return "\n".join([_row(["Voice and face", "Ours", "Baseline"]), _row(["---", "---:", "---"]), *lines]) + "\n"
 
 
 def _fmt(value: Any, kind: str = "score") -> str:
@@ -116,12 +177,16 @@ def comparison_table(ours: Mapping[str, Any], *, ablation: Mapping[str, Any] | N
             cells.append(_fmt(ablation.get(key), kind))
         lines.append(_row(cells))
 
-    if any(ours.get(key) is not None for key, _ in AV_ROWS):
-        lines += ["", _row(["Metric", "Empatheia (paper)", "Ground truth (paper)", "Ours"]),
-                  _row(["---", "---:", "---:", "---:"])]
+    generated, real = paper_av_figures(ours)
+    if any(v is not None for v in generated.values()):
+        lines += ["", _row(["Metric", "Empatheia (paper)", "Ground truth (paper)", "Ours", "Real clips (ours)"]),
+                  _row(["---", "---:", "---:", "---:", "---:"])]
         for key, label in AV_ROWS:
             lines.append(_row([label, _fmt(PAPER_AV["Empatheia"][key]), _fmt(PAPER_AV["ground truth"][key]),
-                               _fmt(ours.get(key))]))
+                               _fmt(generated.get(key)), _fmt(real.get(key))]))
+    media = media_table(ours)
+    if media:
+        lines += ["", media.rstrip("\n")]
 
     ours_on = dataset or "unspecified data"
     lines += [

@@ -199,7 +199,7 @@ def pick_clips(data_root: str, split: str, limit: int) -> list[dict]:
 
 def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 20, sync_dir: str | None = None,
                    sync_steps: int = 1500, emotion_dir: str | None = None, emotion_steps: int = 400,
-                   emit: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   judge_clips: int | None = None, emit: Callable[[str], None] | None = None) -> dict[str, Any]:
     from merg_jax.data.face_corpus import clip_frames, read_image
     from merg_jax.data.speech_corpus import read_speech
     from merg_jax.eval.emotion_judge import clip_emotion
@@ -214,15 +214,18 @@ def evaluate_video(loaded, data_root: str, split: str = "test", *, limit: int = 
     mouth = scale_region(MOUTH_REGION_96, size)
     records = pick_clips(data_root, split, limit)
     rebuild = ClipRebuilder(face.renderer)
-    try:
-        emotions = emotion_judge(str(data_root), emotion_dir, emit, steps=emotion_steps)
-    except ValueError as e:
-        emit(f"video eval: no emotion judge ({e})")
-        emotions = None
+    # judge_clips: at most that many training clips decoded for each judge trained here (a quick run's choice)
+    clips = {} if judge_clips is None else {"max_clips": int(judge_clips)}
+    emotions = None
+    if emotion_steps > 0:  # 0: no emotion figures (a quick run's choice)
+        try:
+            emotions = emotion_judge(str(data_root), emotion_dir, emit, steps=emotion_steps, **clips)
+        except ValueError as e:
+            emit(f"video eval: no emotion judge ({e})")
     from merg_jax.eval.sync import offset_accuracy
 
     try:
-        judge = sync_judge(str(data_root), sync_dir, emit, steps=sync_steps)
+        judge = sync_judge(str(data_root), sync_dir, emit, steps=sync_steps, **clips)
     except ValueError as e:
         emit(f"video eval: no sync judge ({e})")
         judge = None
