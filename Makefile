@@ -1,5 +1,6 @@
 # The two commands of README.md. Both work on a fresh Debian machine with Python 3.11, as root, without a GPU.
-#   make demo   the main job: install merg_jax, train the tiny LLM, print a generated reply, save it to runs/tiny
+#   make demo   the main job (merg-jax demo, ≤ 15 min): make AvaMERG-mini, train Empatheia through every stage,
+#               score the test split, answer two dialogues with text, voice and a talking avatar (runs/demo)
 #   make test   install the test dependencies (the CPU build of torch first) and run every test
 
 PYTHON ?= python3
@@ -13,18 +14,23 @@ install:
 	$(PIP) install -e .
 
 demo: install
-	$(PYTHON) -m merg_jax.cli train --config configs/tiny.py
+	@command -v espeak-ng >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || (apt-get update && apt-get install -y espeak-ng)
+	$(PYTHON) -m merg_jax.cli demo
 
 # torch==2.13.0 alone and first: pip takes the CPU wheel on this machine's disk (its find-links), so no later
-# requirement can pull a multi-GB CUDA build. espeak-ng (Debian) speaks test sentences for the speech parts;
-# installed only when missing and when running as root.
+# requirement can pull a multi-GB CUDA build. Debian packages, installed only when missing and when running as root:
+# espeak-ng speaks test sentences for the speech parts; chromium is the real browser the web page is tested in
+# (driven by Playwright's Python API, so no browser is downloaded). The demo extra brings Gradio, Playwright and
+# nbclient (the page, its browser test, the notebook test).
+DEBS := espeak-ng chromium
 test:
-	@if ! command -v espeak-ng >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y espeak-ng; \
-	  else echo "note: espeak-ng is missing; install it as root (apt-get install espeak-ng)"; fi; \
+	@missing=""; for d in $(DEBS); do command -v $$d >/dev/null 2>&1 || missing="$$missing $$d"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y $$missing; \
+	  else echo "note: missing Debian packages:$$missing; install them as root (apt-get install$$missing)"; fi; \
 	fi
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[test]'
+	$(PIP) install -e '.[test,demo]'
 	$(PYTHON) -m pytest -q -n 2 --dist loadgroup --durations=30
 
 bench: install

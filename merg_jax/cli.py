@@ -6,6 +6,9 @@ import importlib
 import sys
 
 COMMANDS = {
+    "demo": ("merg_jax.app.demo_cli", "the main job in 15 minutes: data, every stage trained, scores, two answers "
+                                      "(text, voice, avatar)"),
+    "serve": ("merg_jax.app.serve", "a local web page to talk with a trained model (Gradio; pip install -e '.[demo]')"),
     "train": ("merg_jax.train.cli", "train a model from a config file: Empatheia stage by stage, or the LLM alone"),
     "eval": ("merg_jax.eval.cli", "answer every turn of a split and score the replies with the paper's metrics"),
     "respond": ("merg_jax.infer.respond_cli", "answer one dialogue turn: Chain of Empathy, reply (reply.json)"),
