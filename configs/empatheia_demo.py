@@ -30,5 +30,5 @@ def get_config():
         c.stage[stage].steps = steps
         c.stage[stage].log_every = 25
     c.stage.coe.eval_every = 0
-    c.generate.max_new_tokens = 120
+    c.generate.max_new_tokens = 170  # the tiny recipe's: a rambling Chain of Empathy still reaches the reply
     return c

@@ -1,7 +1,7 @@
 """`merg-jax demo`: the project's job end to end on a laptop-sized budget — make AvaMERG-mini, train Empatheia through
 every stage, score the test split, and answer two dialogues with text, voice and a talking avatar.
 
-    result = run_demo("runs/demo", data="data/avamerg_demo", dialogues=80)      # ≤ 15 min on 2 CPU cores
+    result = run_demo("runs/demo", data="data/avamerg_demo", dialogues=100)     # ≤ 15 min on 2 CPU cores
     result.replies["written"] / "reply.mp4"
 
 Phases (each reuses what an earlier run left, so a second run takes minutes):
@@ -42,7 +42,7 @@ WRITTEN_DIALOGUE: dict[str, Any] = {
 }
 
 # Expected seconds of each phase on 2 CPU cores (measured: docs/results.md, "The demo"), for the ETA.
-EXPECTED_S = {"data": 60.0, "train": 640.0, "eval": 130.0, "answers": 30.0}
+EXPECTED_S = {"data": 75.0, "train": 640.0, "eval": 130.0, "answers": 30.0}
 
 
 class DemoError(ValueError):
@@ -181,7 +181,7 @@ def score(loaded, data: pathlib.Path, out: pathlib.Path, *, eval_turns: int, spe
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", *, data: str | os.PathLike = "data/avamerg_demo",
-             dialogues: int = 80, workers: int = 2, overrides: Sequence[str] = (), eval_turns: int = 6,
+             dialogues: int = 100, workers: int = 2, overrides: Sequence[str] = (), eval_turns: int = 6,
              speech_clips: int = 3, video_clips: int = 3, judge_steps: tuple[int, int] = (80, 0),
              emit: Callable[[str], None] | None = None) -> DemoResult:
     """The whole demo (see the module docstring); returns where everything went."""

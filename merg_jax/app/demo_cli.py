@@ -1,7 +1,7 @@
 """`merg-jax demo`: make AvaMERG-mini, train Empatheia through every stage, score the test split, and answer two
 dialogues with text, voice and a talking avatar — ≤ 15 minutes on 2 CPU cores (merg_jax/app/demo.py).
 
-    merg-jax demo [--out runs/demo] [--data data/avamerg_demo] [--dialogues 80] [--config.KEY=VALUE ...]
+    merg-jax demo [--out runs/demo] [--data data/avamerg_demo] [--dialogues 100] [--config.KEY=VALUE ...]
 
 Writes OUT/metrics.md (our figures beside the paper's), OUT/replies/{test,written}/reply.{json,wav,mp4}. Run it again
 and it reuses the data, the checkpoints and the scores. Train longer with --config.train.steps=N (every stage) or
@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="run folder: checkpoints, metrics.md, replies (%(default)s)")
     p.add_argument("--data", default="data/avamerg_demo", help="dataset folder, made if absent (%(default)s)")
-    p.add_argument("--dialogues", type=int, default=80, help="conversations of the made dataset (%(default)s)")
+    p.add_argument("--dialogues", type=int, default=100, help="conversations of the made dataset (%(default)s)")
     p.add_argument("--workers", type=int, default=2, help="processes making the dataset (%(default)s)")
     p.add_argument("--eval-turns", type=int, default=6, help="test turns answered and scored (%(default)s)")
     p.add_argument("--speech-clips", type=int, default=3, help="test utterances the voice is scored on (%(default)s)")
