@@ -1,7 +1,7 @@
 """The 15-minute demo: configs/empatheia_tiny.py with every stage cut to what fits the `merg-jax demo` budget on 2
-CPU cores (data, training, scoring and two answers in ≤ 15 minutes in all). Same model, same code paths, far fewer
-steps: the replies are recognisably shaped (a Chain of Empathy, a voice, a moving avatar) but not good. Train the
-tiny recipe itself for the figures of docs/results.md.
+CPU cores (data, training, scoring and two answers in about 15 minutes in all: docs/results.md, "The demo"). Same
+model, same code paths, far fewer steps: the replies are recognisably shaped (a Chain of Empathy, a voice, a
+talking avatar) but not good. Train the tiny recipe itself for the other figures of docs/results.md.
 
 Run:
     merg-jax demo                                     # makes data/avamerg_demo, trains into runs/demo, answers

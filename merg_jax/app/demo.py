@@ -1,21 +1,22 @@
 """`merg-jax demo`: the project's job end to end on a laptop-sized budget — make AvaMERG-mini, train Empatheia through
 every stage, score the test split, and answer two dialogues with text, voice and a talking avatar.
 
-    result = run_demo("runs/demo", data="data/avamerg_demo", dialogues=100)     # ≤ 15 min on 2 CPU cores
+    result = run_demo("runs/demo", data="data/avamerg_demo", dialogues=100)     # ~15 min on 2 CPU cores
     result.replies["written"] / "reply.mp4"
 
 Phases (each reuses what an earlier run left, so a second run takes minutes):
 1. data: `make-data` into `data` unless it already holds a dataset of `dialogues` conversations;
 2. train: `configs/empatheia_demo.py` (the tiny recipe, every stage cut short) into `out`; the trainer resumes;
 3. eval: the test split's first `eval_turns` turns, `speech_clips` utterances and `video_clips` clips scored
-   (`merg_jax.eval`), with small judges; `out/metrics.md` is our figures beside the paper's;
+   (`merg_jax.eval`), with small judges; `out/metrics.md` is our figures beside the paper's, `out/metrics.json`
+   the scores, stamped with the checkpoint they are of (a later run with the same checkpoint reuses them);
 4. answers: one test dialogue (the test split's first conversation, its last turn) and `WRITTEN_DIALOGUE`, text only,
    answered by the avatar `skimage.data.astronaut()` (its face) — each into `out/replies/{test,written}/` as
    reply.json, reply.wav and reply.mp4. Voice and face are rendered in the reply's own emotion (`style_from="label"`),
    so what is written, heard and seen agree.
 
-Progress: a line per phase with the time spent and an ETA for the whole demo (each phase's expected share, scaled
-by how the finished phases compared with it), and the trainer's own line per logging interval.
+Progress: a line per phase with the time spent and an ETA for the whole demo (`PhaseClock`: the phases' measured
+durations, `EXPECTED_S`), and the trainer's own line per logging interval.
 """
 
 from __future__ import annotations
@@ -209,20 +210,14 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, data: str | os.PathLike = 
 
     loaded = load_model(out)
     t0 = clock.begin("eval", f"the test split ({eval_turns} turns, {speech_clips} utterances, {video_clips} clips)")
-    stamp = out / "metrics.json"
-    metrics = None
-    if stamp.is_file():
-        metrics = json.loads(stamp.read_text())
-        if metrics.get("checkpoint") != loaded.source:
-            metrics = None
-    if metrics is None:
+    stamp = out / "metrics.json"  # `evaluate` records the checkpoint it scored
+    metrics = json.loads(stamp.read_text()) if stamp.is_file() else None
+    if metrics is not None and metrics.get("checkpoint") == loaded.source:
+        clock.end("eval", t0, f"reused ({stamp}, same checkpoint)")
+    else:
         metrics = score(loaded, data, out, eval_turns=eval_turns, speech_clips=speech_clips,
                         video_clips=video_clips, judge_steps=judge_steps, emit=emit)
-        metrics["checkpoint"] = loaded.source
-        _atomic_write(stamp, json.dumps(metrics, indent=2) + "\n")
         clock.end("eval", t0)
-    else:
-        clock.end("eval", t0, f"reused ({stamp}, same checkpoint)")
 
     t0 = clock.begin("answers", "one test dialogue and one written one: text, voice, avatar")
     from merg_jax.infer.respond import Responder
@@ -232,8 +227,9 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, data: str | os.PathLike = 
     _atomic_write(written, json.dumps(WRITTEN_DIALOGUE, indent=2) + "\n")
     test_file, test_id = held_out_dialogue(data)
     replies = {"test": out / "replies" / "test", "written": out / "replies" / "written"}
-    Responder(loaded, style_from="label")(test_file, conversation=test_id, media_root=data, out=replies["test"])
-    Responder(loaded, style_from="label", portrait=portrait)(written, out=replies["written"])
+    responder = Responder(loaded, style_from="label")  # one Responder: its programs compile once for both answers
+    responder(test_file, conversation=test_id, media_root=data, out=replies["test"])
+    responder(written, out=replies["written"], portrait=portrait)
     clock.end("answers", t0)
 
     for name, folder in replies.items():

@@ -1,5 +1,5 @@
 """`merg-jax demo`: make AvaMERG-mini, train Empatheia through every stage, score the test split, and answer two
-dialogues with text, voice and a talking avatar — ≤ 15 minutes on 2 CPU cores (merg_jax/app/demo.py).
+dialogues with text, voice and a talking avatar — about 15 minutes on 2 CPU cores (merg_jax/app/demo.py).
 
     merg-jax demo [--out runs/demo] [--data data/avamerg_demo] [--dialogues 100] [--config.KEY=VALUE ...]
 

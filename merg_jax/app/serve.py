@@ -48,7 +48,7 @@ class Sessions:
     def __init__(self, responder, workdir: pathlib.Path):
         self.responder, self.workdir = responder, workdir
         self._chats: dict[str, Any] = {}
-        self._lock = threading.Lock()  # one answer at a time: the compiled programs are shared
+        self.lock = threading.Lock()  # one answer at a time: the compiled programs are shared
 
     def get(self, key: str | None):
         from merg_jax.app.conversation import Conversation
@@ -87,7 +87,7 @@ def build_app(loaded, workdir: str | pathlib.Path, style_from: str = "label"):
         if avatar == UPLOADED and not portrait:
             return key, gr.update(), gr.update(), gr.update(), gr.update(), "⚠ upload a portrait first", gr.update()
         try:
-            with sessions._lock:
+            with sessions.lock:
                 turn = chat.say(text, wav=audio, mp4=video, portrait=face,
                                 emotion=None if emotion == MODEL_CHOOSES else emotion)
         except (UploadError, ValueError, OSError) as e:
