@@ -32,7 +32,7 @@ from merg_jax.train.stages import STAGES, parse_stages
 from merg_jax.train.targets import ReplyStatisticsTargets, TargetWeight
 from merg_jax.train.trainer import (TrainingError, abstract_model, build_model, ensure_tokenizer,
                                     stage_data_config, stage_settings, train_stages, with_compute_dtype)
-from tests.trainer_testing import cli_args, scaled_down_7b, trainer_config
+from tests.trainer_testing import cli_args, trainer_config
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (tests/conftest.py sets XLA_FLAGS)")
 QUIET = dict(emit=lambda line: None)
@@ -350,7 +350,7 @@ def test_metrics_go_to_jsonl_and_tensorboard(trained_run):
         assert logged[r["global_step"]] == pytest.approx(r["loss"], rel=1e-6)
 
 
-def test_the_paper_recipe_builds_abstractly_and_a_scaled_down_copy_trains(mini_root, tmp_path):
+def test_the_paper_recipe_builds_abstractly():
     from merg_jax.config import load_config
     from merg_jax.models.empatheia import Empatheia, EmpatheiaConfig
     from merg_jax.models.param_groups import param_counts
@@ -360,24 +360,92 @@ def test_the_paper_recipe_builds_abstractly_and_a_scaled_down_copy_trains(mini_r
     abstract = nnx.eval_shape(lambda: Empatheia(EmpatheiaConfig.from_config(big), rngs=nnx.Rngs(0)))
     counts = param_counts(abstract)
     assert counts["lora"] == 8_388_608 and counts["encoders"] == 719_065_088
-    # The same recipe, scaled down: 2 steps of stage a, LoRA and projections only (the later stages' code is
-    # the tiny recipe's, tested with it).
-    config = scaled_down_7b(mini_root, tmp_path / "run")
-    config.train.steps = 2
-    config.stages = "coe"
-    result = train_stages(config, mesh=single_device_mesh(), **QUIET)
+
+
+# The scaled-down copy's towers as an ImageBind checkpoint (tests/imagebind_reference.py's names and layout).
+SCALED_IMAGEBIND = dict(vision_embed_dim=16, vision_num_blocks=1, vision_num_heads=2, kernel_size=(2, 8, 8),
+                        image_size=32, audio_embed_dim=16, audio_num_blocks=1, audio_num_heads=2,
+                        audio_kernel_size=16, audio_stride=12, audio_num_mel_bins=40, audio_target_len=32,
+                        out_embed_dim=16)
+SCALED_LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=1, rms_norm_eps=1e-6, max_position_embeddings=512)
+
+
+@pytest.mark.slow
+def test_the_paper_recipe_trains_from_weights_files(mini_root, tmp_path):
+    """`merg-jax train --config configs/empatheia_7b.py --config.init.llm=VICUNA_DIR
+    --config.init.imagebind=imagebind_huge.pth`, scaled down: a Hugging Face LLaMA directory with its tokenizer and
+    an ImageBind .pth, both written by PyTorch in the real formats, go through stages a–d. The checkpoint's frozen
+    LLM is the file's, tensor for tensor, and its towers compute the PyTorch ImageBind's embeddings."""
+    import torch
+
+    from merg_jax.data.avamerg import read_split
+    from merg_jax.data.tokenizer_cli import training_texts
+    from merg_jax.infer.bundle import load_model
+    from tests.imagebind_reference import ReferenceConfig
+    from tests.weights_files import write_imagebind_pth, write_vicuna_dir
+
+    texts = training_texts(read_split(str(mini_root), "train", check_media="none"))
+    vicuna, hf = write_vicuna_dir(tmp_path / "vicuna-7b-v0", texts, **SCALED_LLAMA)
+    pth, ib = write_imagebind_pth(tmp_path / "imagebind_huge.pth", ReferenceConfig(**SCALED_IMAGEBIND))
+    config_file = tmp_path / "empatheia_7b_scaled.py"
+    config_file.write_text(
+        '"""configs/empatheia_7b.py at the shapes of the shrunk tiny recipe (tests/trainer_testing.py)."""\n'
+        "from tests.trainer_testing import scaled_down_7b\n\n\n"
+        f"def get_config():\n    return scaled_down_7b({str(mini_root)!r}, {str(tmp_path / 'run')!r})\n")
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(repo), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)  # a user's machine: one device
+    args = ["--config", str(config_file), f"--config.data.root={mini_root}", f"--config.data.tokenizer={vicuna}",
+            f"--config.init.llm={vicuna}", f"--config.init.imagebind={pth}", "--config.train.steps=2"]
+    r = subprocess.run([sys.executable, "-m", "merg_jax.cli", "train", *args], cwd=repo, env=env,
+                       capture_output=True, text=True, timeout=900)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert f"imported the LLM from {vicuna}" in out and f"imported ImageBind's vision and audio towers from {pth}" in out
     rows = [r for r in read_metrics(tmp_path / "run") if r.get("split") != "valid"]
-    assert [(r["stage"], r["step"]) for r in rows] == [("coe", 1), ("coe", 2)]
+    assert {(r["stage"], r["step"]) for r in rows} >= {(s, 2) for s in ("coe", "content", "style", "style_cls")}
     assert all(np.isfinite(r["loss"]) for r in rows)
-    assert result.model.cfg.llm.compute_dtype == jnp.bfloat16 and result.model.cfg.llm.lora_rank == 8
-    ck = StageCheckpoints(tmp_path / "run" / "checkpoints" / "coe", async_save=False)
-    _, abstract = abstract_model(config, result.tokenizer, single_device_mesh())
-    fresh = _flat(nnx.state(build_model(config, result.tokenizer, single_device_mesh(), emit=lambda line: None)))
-    after = ck.restore(2, abstract)[0]
-    ck.close()
-    moved = {group_of(p, v) for p, v in nnx.to_flat_state(after)
-             if isinstance(v, nnx.Param) and not np.array_equal(np.asarray(v.get_value()), fresh[p])}
-    assert moved == {"lora", "projections"}  # the base LLM and the towers stay as they were
+
+    model = load_model(tmp_path / "run").model
+    vocab = hf.config.vocab_size
+    assert model.cfg.llm.vocab_size == 512 > vocab + 6  # Vicuna's rows + the special tokens, padded
+    llm = {".".join(map(str, p)): np.asarray(v.get_value(), np.float32)
+           for p, v in nnx.to_flat_state(nnx.state(model.llm, nnx.Param))}
+    theirs = {n: t.detach().numpy() for n, t in hf.named_parameters()}
+    np.testing.assert_array_equal(llm["embed.embedding"][:vocab], theirs["model.embed_tokens.weight"])
+    np.testing.assert_array_equal(llm["lm_head.kernel"][:, :vocab], theirs["lm_head.weight"].T)
+    np.testing.assert_array_equal(llm["final_norm.scale"], theirs["model.norm.weight"])
+    names = {"attn.q_proj": "self_attn.q_proj", "attn.k_proj": "self_attn.k_proj", "attn.v_proj": "self_attn.v_proj",
+             "attn.o_proj": "self_attn.o_proj", "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj",
+             "mlp.down_proj": "mlp.down_proj"}
+    for layer in range(2):
+        for ours, hf_name in names.items():  # the base stays the file's: stage a trains the LoRA adapters
+            np.testing.assert_array_equal(llm[f"layers.{ours}.kernel"][layer],
+                                          theirs[f"model.layers.{layer}.{hf_name}.weight"].T)
+        np.testing.assert_array_equal(llm["layers.input_norm.scale"][layer],
+                                      theirs[f"model.layers.{layer}.input_layernorm.weight"])
+    assert np.abs(llm["layers.attn.q_proj.lora_b"]).max() > 0  # ... which did train
+
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((2, 32, 32, 3)).astype(np.float32)
+    mel = rng.standard_normal((2, 32, 40)).astype(np.float32)
+    with torch.no_grad():
+        want_v = ib.tower("vision", torch.from_numpy(image).permute(0, 3, 1, 2))["embedding"].numpy()
+        want_a = ib.tower("audio", torch.from_numpy(mel).transpose(1, 2)[:, None])["embedding"].numpy()
+    got_v = np.asarray(model.encoders.vision(jnp.asarray(image)).pooled, np.float32)
+    got_a = np.asarray(model.encoders.audio(jnp.asarray(mel)).pooled, np.float32)
+    np.testing.assert_allclose(got_v, want_v, atol=0.03)  # bfloat16 compute, as the recipe
+    np.testing.assert_allclose(got_a, want_a, atol=0.03 * 20)  # ImageBind scales audio embeddings by 20
+
+    bad, _ = write_imagebind_pth(tmp_path / "two_blocks.pth",
+                                 ReferenceConfig(**{**SCALED_IMAGEBIND, "vision_num_blocks": 2}))
+    r = subprocess.run([sys.executable, "-m", "merg_jax.cli", "train", *args[:-2], f"--config.init.imagebind={bad}",
+                        f"--config.train.output_dir={tmp_path / 'bad'}"], cwd=repo, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode != 0
+    assert f"config.init.imagebind={bad} (vision) does not fit" in r.stderr and "num_layers: config 1 vs file 2" \
+        in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow

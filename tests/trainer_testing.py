@@ -97,6 +97,8 @@ def scaled_down_7b(root: str | pathlib.Path, out: str | pathlib.Path):
     big.data = small.data
     big.empatheia = small.empatheia
     big.empatheia.clip_emotion_head = False
+    for tower in ("vision", "audio"):  # ImageBind's MLP ratio, so tests/weights_files.py can write its checkpoint
+        big.empatheia[tower].intermediate_size = 4 * big.empatheia[tower].hidden_size
     for section in ("vision", "audio", "synchronizer", "disentangler"):
         big.empatheia[section].dtype = "bfloat16"
     for key in ("batch_size", "seq_len", "output_dir", "log_every", "eval_batches"):

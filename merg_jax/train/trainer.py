@@ -170,7 +170,10 @@ def build_model(config: ml_collections.ConfigDict, tokenizer, mesh: jax.sharding
     weights `config.init` names imported into it (`import_weights`)."""
     cfg = EmpatheiaConfig.from_config(config, tokenizer)
     model = create_sharded(lambda: Empatheia(cfg, rngs=nnx.Rngs(int(config.seed))), mesh)
-    import_weights(model, config, mesh, emit or log.info)
+    try:
+        import_weights(model, config, mesh, emit or log.info)
+    except ValueError as e:  # a file that does not fit: the run's error, naming the config key and the file
+        raise TrainingError(str(e)) from None
     return model
 
 
@@ -186,8 +189,12 @@ def import_weights(model: Empatheia, config: ml_collections.ConfigDict, mesh: ja
                    emit: Callable[[str], None]) -> None:
     """`config.init.llm` (a Hugging Face LLaMA directory: Vicuna, LLaMA) into the LLM — its vocabulary grown to
     the config's for the special tokens (`models.vocab.resize_vocab`), LoRA adapters fresh — and
-    `config.init.imagebind` (ImageBind's .pth or .safetensors) into the vision and audio towers. In place."""
+    `config.init.imagebind` (ImageBind's .pth or .safetensors) into the vision and audio towers. In place.
+    A file whose shapes do not fit the config's model raises ValueError naming the config key and the file."""
     init = config.get("init") or {}
+    for key in ("llm", "imagebind"):
+        if init.get(key) and not pathlib.Path(str(init[key])).exists():
+            raise FileNotFoundError(f"config.init.{key}={init[key]}: no such file or directory")
     if init.get("llm"):
         from merg_jax.convert import load_hf_llama
         from merg_jax.models.vocab import resize_vocab
@@ -208,10 +215,26 @@ def import_weights(model: Empatheia, config: ml_collections.ConfigDict, mesh: ja
     if init.get("imagebind"):
         from merg_jax.convert import load_imagebind
 
+        vision, audio = model.cfg.vision, model.cfg.audio
         modalities = tuple(m for m, tower in (("vision", model.encoders.vision), ("audio", model.encoders.audio))
                            if tower is not None)
+        # What the tensor shapes do not tell (heads, the mel grid) comes from the config; the rest is checked.
+        hints = dict(vision_num_heads=vision.num_heads if vision else None,
+                     audio_num_heads=audio.num_heads if audio else None)
+        if audio is not None:
+            hints.update(audio_num_mel_bins=audio.num_mel_bins, audio_target_len=audio.max_length,
+                         audio_stride=audio.time_stride)
         towers = load_imagebind(init.imagebind, modalities=modalities, mesh=mesh,
-                                dtype=model.cfg.vision.param_dtype if model.cfg.vision else "float32")
+                                dtype=vision.param_dtype if vision else "float32", **hints)
+        what = f"config.init.imagebind={init.imagebind}"
+        if vision is not None:
+            _same_shapes(f"{what} (vision)", vision, towers.vision_config,
+                         ("hidden_size", "intermediate_size", "num_layers", "image_size", "patch_size",
+                          "tubelet_size", "projection_dim"))
+        if audio is not None:
+            _same_shapes(f"{what} (audio)", audio, towers.audio_config,
+                         ("hidden_size", "intermediate_size", "num_layers", "patch_size", "frequency_stride",
+                          "projection_dim"))
         for name in modalities:
             nnx.update(getattr(model.encoders, name), nnx.state(getattr(towers, name)))
         emit(f"imported ImageBind's {' and '.join(modalities)} towers from {init.imagebind}")
