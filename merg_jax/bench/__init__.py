@@ -4,7 +4,8 @@ Targets: `llm` (training step and decoding vs Hugging Face PyTorch LLaMA), `atte
 naive reference on CPU; the Pallas GPU kernel vs cuDNN and XLA on a GPU), `data` (the grain pipeline's samples/s
 with 0 and N workers), `encoders` (the CLIP vision and AST audio towers' inference and training step vs Hugging
 Face PyTorch `CLIPVisionModel` / `ASTModel`), `speech` (the HiFi-GAN vocoder vs Hugging Face PyTorch
-`SpeechT5HifiGan`: seconds per call and real-time factor).
+`SpeechT5HifiGan`: seconds per call and real-time factor), `kernels` (the attention kernels' errors against the naive
+reference and cuDNN), `respond` (one reply's latency by stage, first call and warm).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from merg_jax.bench import attention, data, encoders, llm, speech
+from merg_jax.bench import attention, data, encoders, kernels, llm, respond, speech
 
-TARGETS = {"llm": llm, "attention": attention, "data": data, "encoders": encoders, "speech": speech}
+TARGETS = {"llm": llm, "attention": attention, "kernels": kernels, "data": data, "encoders": encoders,
+           "speech": speech, "respond": respond}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -43,7 +43,9 @@ encoder (`face_from="speech"`), with reply.wav muxed in.
 product's choice when a model is too briefly trained for its S^s / S^v to carry the emotion. `emotion` (one of the
 7, or of the 32 mapped to them) renders them in that emotion, whatever the model chose — a user's pick.
 
-A `Responder` keeps the model and its compiled programs, so answering again compiles nothing.
+A `Responder` keeps the model and its compiled programs, so answering again compiles nothing. After each call,
+`Responder.timings` holds that call's wall-clock seconds per stage: `read` (the dialogue and its media), `reply`
+(the Chain of Empathy and the reply, C^s, C^v, S^s, S^v), `speech` (reply.wav), `video` (reply.mp4) and `total`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ import json
 import logging
 import os
 import pathlib
+import time
 from typing import Any
 
 import numpy as np
@@ -144,6 +147,7 @@ class Responder:
 
             self.synthesizer = Synthesizer(loaded.model.speech)
         g = loaded.config.generate
+        self.timings: dict[str, float] = {}
         self.generator = ReplyGenerator(loaded.model, loaded.tokenizer, max_new_tokens=int(g.max_new_tokens),
                                         temperature=float(g.temperature), top_k=int(g.top_k), top_p=float(g.top_p),
                                         seed=int(g.get("seed", 0)))
@@ -156,6 +160,8 @@ class Responder:
         from merg_jax.data.pipeline_features import BadSample, make_example
         from merg_jax.data.pipeline_records import turn_record
 
+        t0 = time.perf_counter()
+        clock = {}
         chosen_emotion = self.emotion if emotion is None else _emotion7(emotion)
         if isinstance(portrait, (str, os.PathLike)):
             from merg_jax.data.face_corpus import read_image
@@ -174,7 +180,9 @@ class Responder:
         except BadSample as e:
             raise RespondError(f"{e.path}: {e.message}") from None
         batch = {k: np.asarray(v)[None] for k, v in row.items()}
+        clock["read"] = time.perf_counter()
         reply = self.generator(batch)[0]
+        clock["reply"] = time.perf_counter()
         listener = chosen.listener_profile
         result = {
             "conversation_id": conv.conversation_id, "turn_id": chosen.turn_id,
@@ -196,12 +204,19 @@ class Responder:
             wave = None
             if self.synthesizer is not None:
                 result["speech"], wave = self.speak(reply, out / "reply.wav", listener, chosen_emotion)
+                clock["speech"] = time.perf_counter()
             if self.animator is not None:
                 result["video"] = self.face_video(reply, out, listener, wave, split.root, chosen_emotion,
                                                   portrait)
+                clock["video"] = time.perf_counter()
             tmp = out / ".reply.json.tmp"
             tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             os.replace(tmp, out / "reply.json")
+        previous = t0
+        self.timings = {}
+        for stage, at in clock.items():
+            self.timings[stage], previous = at - previous, at
+        self.timings["total"] = time.perf_counter() - t0
         return result
 
 

@@ -53,10 +53,7 @@ def make_mesh(mesh_config: Mapping | None = None, devices: Sequence[jax.Device] 
     ici = resolve_axis_sizes(mesh_config, len(devices) // num_slices, what="mesh (per slice)")
     axis_types = (jax.sharding.AxisType.Auto,) * len(AXES)
     if num_slices > 1:
-        from jax.experimental import mesh_utils
-
-        device_array = mesh_utils.create_hybrid_device_mesh(
-            [ici[a] for a in AXES], [dcn[a] for a in AXES], devices=devices)
+        device_array = hybrid_device_array([ici[a] for a in AXES], [dcn[a] for a in AXES], devices)
         return jax.sharding.Mesh(device_array, AXES, axis_types=axis_types)
     shape = tuple(ici[a] for a in AXES)
     try:
@@ -64,6 +61,21 @@ def make_mesh(mesh_config: Mapping | None = None, devices: Sequence[jax.Device] 
     except (ValueError, NotImplementedError):
         # make_mesh knows physical topologies only for some device kinds; a plain reshape is correct everywhere.
         return jax.sharding.Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=axis_types)
+
+
+def hybrid_device_array(ici: Sequence[int], dcn: Sequence[int], devices: Sequence[jax.Device]) -> np.ndarray:
+    """Devices laid out as ICI axes inside each granule and DCN axes across granules. A granule is a TPU slice
+    when the devices come from several (their `slice_index`), else one process: a GPU node under
+    launch/slurm.sbatch, which runs one process per node."""
+    from jax.experimental import mesh_utils
+
+    by_process = len({getattr(d, "slice_index", 0) for d in devices}) == 1
+    granules = len({d.process_index if by_process else d.slice_index for d in devices})
+    if granules != math.prod(dcn):
+        kind = "processes" if by_process else "slices"
+        raise ValueError(f"mesh: dcn sizes {tuple(dcn)} need {math.prod(dcn)} {kind}, but the devices come from "
+                         f"{granules} (set config.mesh.dcn_* to the number of {kind})")
+    return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices, process_is_granule=by_process)
 
 
 def single_device_mesh() -> jax.sharding.Mesh:
