@@ -26,7 +26,7 @@ def get_config():
     # steps per stage (measured on 2 cores, docs/results.md "The demo"): each compiles once (~5-35 s), then trains
     # for under a minute; `style` decodes the gold reply videos for the face style encoder, ~11 s a step
     for stage, steps in dict(encoders=80, coe=150, speech=120, face_renderer=24, face_motion=120, content=20,
-                             style=4, style_cls=30).items():
+                             style=2, style_cls=30).items():
         c.stage[stage].steps = steps
         c.stage[stage].log_every = 25
     c.stage.coe.eval_every = 0

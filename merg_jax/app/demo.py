@@ -156,7 +156,7 @@ def held_out_dialogue(data: pathlib.Path) -> tuple[pathlib.Path, str]:
 
 
 def score(loaded, data: pathlib.Path, out: pathlib.Path, *, eval_turns: int, speech_clips: int,
-          video_clips: int, judge_steps: tuple[int, int] = (80, 0), judge_clips: int = 120,
+          video_clips: int, judge_steps: tuple[int, int] = (80, 0), judge_clips: int = 64,
           emit: Callable[[str], None] = print) -> dict[str, Any]:
     """The test split scored as `merg-jax eval` does, at the demo's size, with judges of `judge_steps` (sync,
     emotion; 0: none) steps on at most `judge_clips` training clips, kept in out/judges; writes
