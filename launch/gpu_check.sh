@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What a GPU machine runs once, in under 5 minutes, to check merg_jax there and measure it. It writes
+# What a GPU machine runs once to check merg_jax there and measure it (meant to take under 5 minutes; not yet
+# timed on a GPU: no session with one has run it). It writes
 # DIR/report.md (default runs/gpu_check) for docs/benchmarks.md:
 #   1. the card (nvidia-smi) and JAX's view of it;
 #   2. the attention kernels compiled for the GPU (Pallas/Triton) against the naive float32 reference and cuDNN:

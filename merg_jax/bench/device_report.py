@@ -16,12 +16,12 @@ import statistics
 import sys
 
 
-def step_times(metrics_jsonl: pathlib.Path) -> list[tuple[str, int, float, float]]:
-    """[(stage, logged steps, first step s, median later step s)] from a run's metrics.jsonl."""
+def step_times(run: pathlib.Path) -> list[tuple[str, int, float, float]]:
+    """[(stage, logged steps, first step s, median later step s)] from a training run's metrics.jsonl."""
     from merg_jax.train.metrics_log import read_metrics
 
     by_stage: dict[str, list[tuple[int, float]]] = {}
-    for row in read_metrics(metrics_jsonl.parent):
+    for row in read_metrics(run):
         if row.get("split") != "valid" and "step_time" in row:
             by_stage.setdefault(row["stage"], []).append((int(row["step"]), float(row["step_time"])))
     out = []
@@ -51,7 +51,7 @@ def report(folder: str | pathlib.Path) -> str:
     metrics = d / "run" / "metrics.jsonl"
     if metrics.exists():
         lines += ["| stage | logged steps | first step (compiles), s | later steps (median), s |", "|---|---:|---:|---:|"]
-        lines += [f"| {s} | {n} | {first:.2f} | {median:.4f} |" for s, n, first, median in step_times(metrics)]
+        lines += [f"| {s} | {n} | {first:.2f} | {median:.4f} |" for s, n, first, median in step_times(d / "run")]
     else:
         lines.append("(run/metrics.jsonl missing: the training run failed)")
     lines += ["", "### One reply", "", piece("respond.md") or "(respond.md missing: `merg-jax bench respond` failed)"]

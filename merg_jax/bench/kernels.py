@@ -112,8 +112,9 @@ def check_case(case: Case, impl: str) -> dict:
            "mode": "compiled" if impl == f"pallas_{platform}" else "interpreted",
            "ours_error": _relative_errors(ours, want)}
     if platform == "gpu" and case.segments == 1 and case.dtype != "float32":  # what cuDNN's fused kernel takes
-        def cudnn(q, k, v):
-            return jax.nn.dot_product_attention(q, k, v, is_causal=case.causal, implementation="cudnn")
+        from merg_jax.bench.attention import _attention_fn
+
+        cudnn = _attention_fn("cudnn", case.causal)
         try:
             peer = jax.jit(lambda q, k, v, do: _vjp(cudnn, q, k, v, do))(q, k, v, d_out)
             row["cudnn_error"] = _relative_errors(peer, want)
