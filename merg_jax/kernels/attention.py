@@ -12,10 +12,11 @@ import jax
 from jaxtyping import Array, Float
 
 from merg_jax.kernels.blockwise import blockwise_attention
+from merg_jax.kernels.dense import dense_attention
 from merg_jax.kernels.mask import make_mask_info
 from merg_jax.kernels.pallas_gpu import pallas_gpu_attention
 from merg_jax.kernels.pallas_tpu import pallas_tpu_attention
-from merg_jax.kernels.reference import masked_softmax_attention, reference_attention
+from merg_jax.kernels.reference import reference_attention
 from merg_jax.kernels.shapes import check_qkv
 
 IMPLS = ("auto", "reference", "xla", "blockwise", "pallas_tpu", "pallas_gpu")
@@ -72,7 +73,7 @@ def attention(
     if impl == "auto":
         impl = auto_impl(lq, k.shape[1])
     if impl == "xla":
-        return masked_softmax_attention(q, k, v, info, scale, q.dtype)
+        return dense_attention(q, k, v, info, scale)
     if impl == "blockwise":
         return blockwise_attention(q, k, v, info, scale, block_sizes)
     if impl in _KERNEL_PLATFORM:

@@ -30,9 +30,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from jaxtyping import Array, Float
 
+from merg_jax.kernels.cross_entropy import cross_entropy_with_integer_labels
 from merg_jax.models import param_groups
 from merg_jax.models.disentangler import HEADS, classification_loss
 from merg_jax.models.speech.generator import SPEECH_KEYS
@@ -87,7 +87,7 @@ class Stage:
 
 def _mean_ce(logits, labels, valid) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(sum of cross-entropies over valid rows, count, correct) — float32."""
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.maximum(labels, 0))
+    ce = cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.maximum(labels, 0))
     correct = jnp.sum(valid & (jnp.argmax(logits, -1) == labels))
     return jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(valid).astype(jnp.float32), correct.astype(jnp.float32)
 
@@ -107,7 +107,7 @@ def encoders_loss(model, batch: Batch, rng=None, targets=None) -> StageLoss:
 
 def lm_loss_terms(logits, targets, loss_mask) -> tuple[jax.Array, jax.Array]:
     """(mean next-token cross-entropy over the masked positions, number of those positions), float32."""
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    ce = cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     w = jnp.asarray(loss_mask).astype(jnp.float32)
     n = jnp.sum(w)
     return jnp.sum(ce * w) / jnp.maximum(n, 1.0), n

@@ -16,13 +16,14 @@ import optax
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from merg_jax.kernels.cross_entropy import cross_entropy_with_integer_labels
 from merg_jax.models import Llm
 
 
 def lm_loss(logits: Float[Array, "B L V"], targets: Int[Array, "B L"],
             loss_mask: Float[Array, "B L"]) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """Mean next-token cross-entropy over the masked positions, in float32. Returns (loss, number of tokens)."""
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    ce = cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     w = loss_mask.astype(jnp.float32)
     n = jnp.sum(w)
     return jnp.sum(ce * w) / jnp.maximum(n, 1.0), n
