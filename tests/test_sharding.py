@@ -149,3 +149,27 @@ def test_two_processes_form_one_eight_device_mesh(tmp_path):
     single = Llm(cfg, rngs=nnx.Rngs(0))
     tokens = jnp.asarray(np.arange(4 * 12).reshape(4, 12) % 96)
     np.testing.assert_allclose(cfg_total, float(single(tokens).sum()), rtol=1e-4, atol=1e-2)
+
+
+@needs_8
+def test_adam_moments_are_sharded_like_their_parameters():
+    """`init_optimizer_state` (the trainer's) places each moment like its parameter; plain `jit(tx.init)`
+    replicates them all, i.e. every device of an FSDP mesh would hold the whole optimiser state."""
+    from merg_jax.train.optimizer import init_optimizer_state, make_optimizer
+
+    mesh = make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
+    model = create_sharded(lambda: Llm(tiny_config(lora_rank=4), rngs=nnx.Rngs(0)), mesh)
+    trainable = nnx.state(model, nnx.LoRAParam)
+    tx = make_optimizer(dict(steps=10, learning_rate=1e-3, warmup_frac=0.1, grad_clip=1.0, weight_decay=0.1))
+    with jax.set_mesh(mesh):
+        state = init_optimizer_state(tx, trainable, mesh)
+        plain = jax.jit(tx.init)(trainable)
+    params = jax.tree.leaves(trainable)
+    adam = next(s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "mu")) if hasattr(s, "mu"))
+    for moments in (adam.mu, adam.nu):
+        leaves = jax.tree.leaves(moments)
+        assert len(leaves) == len(params)
+        for p, m in zip(params, leaves):
+            assert m.sharding.is_equivalent_to(p.sharding, p.ndim), (p.sharding.spec, m.sharding.spec)
+    assert any(not p.sharding.is_fully_replicated for p in params)  # the check has something to see
+    assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(plain))

@@ -72,6 +72,19 @@ def make_optimizer(train) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
+def init_optimizer_state(tx: optax.GradientTransformation, params, mesh: jax.sharding.Mesh):
+    """`tx.init(params)` with every per-parameter buffer (Adam's moments) sharded like its parameter.
+
+    A plain `jax.jit(tx.init)` leaves the moments replicated on every device: XLA carries no sharding through
+    `zeros_like`, so on an FSDP mesh each device would hold the whole optimiser state. Counters are replicated.
+    """
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    abstract = jax.eval_shape(tx.init, params)
+    shardings = optax.tree_map_params(tx, lambda _, p: p.sharding, abstract, params,
+                                      transform_non_params=lambda _: replicated)
+    return jax.jit(tx.init, out_shardings=shardings)(params)
+
+
 def trainable_filter(lora_only: bool) -> type[nnx.Variable]:
     """`nnx.LoRAParam` (adapters only; the base weights stay bit-identical) or `nnx.Param` (everything,
     adapters included: `LoRAParam` is a `Param`)."""

@@ -42,7 +42,7 @@ from merg_jax.sharding import create_sharded, make_mesh
 from merg_jax.train.batching import place_local_batch
 from merg_jax.train.checkpoints import StageCheckpoints
 from merg_jax.train.metrics_log import MetricsWriter
-from merg_jax.train.optimizer import make_optimizer, make_schedule
+from merg_jax.train.optimizer import init_optimizer_state, make_optimizer, make_schedule
 from merg_jax.train.progress import ProgressLogger
 from merg_jax.train.stage_step import make_eval_step, make_train_step, split_for_stage
 from merg_jax.train.stages import MEDIA_GROUPS, Stage, parse_stages
@@ -387,7 +387,7 @@ class StagedTrainer:
                                 "in them (config.stage.<name>.groups)")
         n_all = n_train + sum(x.size for x in jax.tree.leaves(frozen))
         with jax.set_mesh(self.mesh):
-            opt_state = jax.jit(tx.init)(trainable)
+            opt_state = init_optimizer_state(tx, trainable, self.mesh)
         ckpt = self.checkpoints(stage)
         data_state = None
         key = jax.random.fold_in(jax.random.key(int(self.config.seed)), zlib.crc32(stage.name.encode()) & 0x7FFFFFFF)
