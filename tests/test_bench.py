@@ -1,6 +1,7 @@
 """`merg-jax bench llm`: runs at tiny sizes and prints both sides' numbers and their ratio."""
 
 import importlib.util
+import json
 import os
 import pathlib
 import re
@@ -17,29 +18,44 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 def parse_table(stdout: str) -> dict[str, tuple[float, float, float]]:
     rows = {}
     for line in stdout.splitlines():
-        m = re.match(r"^(train|decode) tokens/s\s+([\d,.]+)\s+([\d,.]+)\s+([\d.]+)\s*$", line)
+        m = re.match(r"^(train tokens/s|train MFU|decode tokens/s \(B=\d+\))\s+([\d,.]+)%?\s+([\d,.]+)%?\s+([\d.]+)\s*$",
+                     line)
         if m:
             rows[m.group(1)] = tuple(float(g.replace(",", "")) for g in m.groups()[1:])
     return rows
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the peer side needs torch")
-def test_bench_llm_prints_ours_peer_and_ratio():
+def test_bench_llm_prints_ours_peer_and_ratio(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     env.pop("XLA_FLAGS", None)
     r = subprocess.run(
         [sys.executable, "-m", "merg_jax.cli", "bench", "llm", "--batch", "2", "--seq-len", "16", "--steps", "2",
-         "--repeats", "2", "--decode-tokens", "4", "--prompt-len", "4", "--config.model.num_layers=1"],
+         "--repeats", "2", "--decode-tokens", "4", "--prompt-len", "4", "--decode-batches", "1,3",
+         "--config.model.num_layers=1", "--json", str(tmp_path / "llm.json")],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = parse_table(r.stdout)
-    assert set(rows) == {"train", "decode"}, r.stdout
+    assert set(rows) == {"train tokens/s", "train MFU", "decode tokens/s (B=1)", "decode tokens/s (B=3)"}, r.stdout
     for ours, peer, ratio in rows.values():
         assert ours > 0 and peer > 0
         assert ratio == pytest.approx(ours / peer, rel=0.02, abs=0.006)
     # identical weights: the logits agree
     diff = float(re.search(r"max \|logits ours - peer\| = ([\d.e+-]+)", r.stdout).group(1))
     assert diff < 1e-3, r.stdout
+    report = json.loads((tmp_path / "llm.json").read_text())
+    # PaLM's count by hand for configs/tiny.py with one layer (hidden 128, MLP 344, 4 q / 2 kv heads of 32, vocab
+    # 384, tied): the tied table is the output matmul, so every weight but nothing else counts.
+    d, f, v, h, kv, hd, t = 128, 344, 384, 4, 2, 32, 16
+    weights = d * h * hd + 2 * d * kv * hd + h * hd * d + 3 * d * f + 2 * d + v * d + d
+    assert report["train_flops_per_token"] == 6 * weights + 12 * 1 * h * hd * t
+    peak = report["matmul_peak_flops"]
+    assert peak["peak"] == max(peak["jax"], peak["torch"]) > 1e8
+    for side in ("ours", "peer"):
+        mfu = report["train_tokens_per_s"][side] * report["train_flops_per_token"] / peak["peak"]
+        assert report["train_mfu"][side] == pytest.approx(mfu)
+        assert 0 < mfu < 1.5  # a rate above the machine's own matmul peak would mean a wrong count
+    assert set(report["decode_tokens_per_s"]) == {"1", "3"}
 
 
 def test_bench_without_torch_says_so_and_exits_2(monkeypatch, capsys):

@@ -1,13 +1,16 @@
 """`merg-jax bench llm`: our LLM against Hugging Face PyTorch `LlamaForCausalLM`, identical weights and shapes.
 
     merg-jax bench llm [--config configs/tiny.py] [--batch 8] [--seq-len 128] [--steps 5] [--repeats 3]
-                       [--decode-tokens 32] [--prompt-len 16] [--config.model.num_layers=2 ...]
+                       [--decode-batches 1,8] [--decode-tokens 32] [--prompt-len 16] [--json FILE]
+                       [--config.model.num_layers=2 ...]
 
-Two numbers, each for ours and the peer in one run:
+Each number for ours and the peer in one run:
 - training tokens/s: one step = forward + backward + global-norm clipping + AdamW update, on `batch × seq_len`
-  random tokens, next-token cross-entropy over every position;
-- decode tokens/s: greedy generation with a KV cache of `decode_tokens` new tokens after a `prompt_len` prompt,
-  prefill included, `batch × decode_tokens / time`.
+  random tokens, next-token cross-entropy over every position; and each side's model-FLOPs utilisation (MFU):
+  `train_flops_per_token · tokens/s / peak`, where the peak is the best float32 matmul rate of JAX and PyTorch
+  measured in the same run (`merg_jax.bench.peak`) and the FLOPs are PaLM's count (`train_flops_per_token`);
+- decode tokens/s, at each of `--decode-batches`: greedy generation with a KV cache of `decode_tokens` new
+  tokens after a `prompt_len` prompt, prefill included, `batch × decode_tokens / time`.
 
 Ours is built from the config; its weights are exported with `save_hf_llama` and loaded by
 `LlamaForCausalLM.from_pretrained`, so both run the same function (the run prints the largest logit
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import pathlib
 import statistics
 import sys
 import tempfile
@@ -39,8 +44,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
     llm.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default %(default)s)")
     llm.add_argument("--decode-tokens", type=int, default=32, help="new tokens per decode (default %(default)s)")
     llm.add_argument("--prompt-len", type=int, default=16, help="prompt length for decoding (default %(default)s)")
+    llm.add_argument("--decode-batches", default="1,8",
+                     help="comma-separated batch sizes of the decode measurement (default %(default)s)")
     llm.add_argument("--seed", type=int, default=0)
+    llm.add_argument("--json", metavar="FILE", default=None, help="also write every number to FILE as JSON")
     return llm
+
+
+def train_flops_per_token(cfg, seq_len: int) -> float:
+    """Model FLOPs of one training token (forward + backward), PaLM's count (Chowdhery et al. 2022, app. B):
+    6·N for the matmuls of the N weights a token passes through, plus 12·layers·heads·head_dim·seq_len for the
+    attention scores and values (no credit taken for causal skipping). N excludes the input embedding table
+    (a lookup, no matmul) but includes the output projection (the tied table when tied)."""
+    n = cfg.num_params() - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size)
+    return 6.0 * n + 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
 
 
 def median_time(fn, repeats: int) -> float:
@@ -53,8 +70,9 @@ def median_time(fn, repeats: int) -> float:
 
 
 def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, repeats: int = 3,
-              decode_tokens: int = 32, prompt_len: int = 16, seed: int = 0) -> dict:
-    """Runs both sides; returns the numbers (tokens/s, checks, shapes) as a dict."""
+              decode_batches: tuple[int, ...] = (1, 8), decode_tokens: int = 32, prompt_len: int = 16,
+              seed: int = 0) -> dict:
+    """Runs both sides; returns the numbers (tokens/s, MFU, checks, shapes) as a dict."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -62,6 +80,7 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
     from flax import nnx
     from transformers import LlamaForCausalLM
 
+    from merg_jax.bench.peak import matmul_peak
     from merg_jax.config import llm_config
     from merg_jax.convert import save_hf_llama
     from merg_jax.infer import generate
@@ -78,7 +97,7 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
     tc.update(steps=10**6, warmup_frac=0.0)  # a constant-ish learning rate; the schedule costs the same
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, cfg.vocab_size, (batch, seq_len + 1), dtype=np.int64)
-    prompt = rng.integers(0, cfg.vocab_size, (batch, prompt_len), dtype=np.int64)
+    prompts = {b: rng.integers(0, cfg.vocab_size, (b, prompt_len), dtype=np.int64) for b in decode_batches}
 
     # --- ours
     mesh = single_device_mesh()
@@ -98,23 +117,27 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
     max_logit_diff = float(np.abs(ours_logits - peer_logits).max())
 
     # Greedy decoding first (training changes the weights).
-    jprompt = jnp.asarray(prompt, jnp.int32)
-    tprompt = torch.from_numpy(prompt)
+    decode, agree, total = {}, 0, 0
+    for b, prompt in prompts.items():
+        jprompt, tprompt = jnp.asarray(prompt, jnp.int32), torch.from_numpy(prompt)
 
-    def ours_decode():
-        return jax.block_until_ready(generate(model, jprompt, decode_tokens))
+        def ours_decode():
+            return jax.block_until_ready(generate(model, jprompt, decode_tokens))
 
-    def peer_decode():
-        with torch.no_grad():
-            return peer.generate(tprompt, attention_mask=torch.ones_like(tprompt), max_new_tokens=decode_tokens,
-                                 min_new_tokens=decode_tokens, do_sample=False, use_cache=True, pad_token_id=0)
+        def peer_decode():
+            with torch.no_grad():
+                return peer.generate(tprompt, attention_mask=torch.ones_like(tprompt), max_new_tokens=decode_tokens,
+                                     min_new_tokens=decode_tokens, do_sample=False, use_cache=True,
+                                     pad_token_id=0)
 
-    with jax.set_mesh(mesh):
-        ours_tokens = np.asarray(ours_decode())  # warm-up: compiles
-        t_ours_decode = median_time(ours_decode, repeats)
-    peer_tokens = peer_decode()[:, prompt_len:].numpy()  # warm-up
-    t_peer_decode = median_time(peer_decode, repeats)
-    agree = int((ours_tokens == peer_tokens).sum()) if ours_tokens.shape == peer_tokens.shape else 0
+        with jax.set_mesh(mesh):
+            ours_tokens = np.asarray(ours_decode())  # warm-up: compiles
+            t_ours = median_time(ours_decode, repeats)
+        peer_tokens = peer_decode()[:, prompt_len:].numpy()  # warm-up
+        t_peer = median_time(peer_decode, repeats)
+        agree += int((ours_tokens == peer_tokens).sum()) if ours_tokens.shape == peer_tokens.shape else 0
+        total += int(ours_tokens.size)
+        decode[b] = {"ours": b * decode_tokens / t_ours, "peer": b * decode_tokens / t_peer}
 
     # Training steps.
     with jax.set_mesh(mesh):
@@ -152,32 +175,45 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
     peer_step()
     t_peer_train = median_time(peer_train, repeats) / steps
 
+    peak = matmul_peak()  # after both sides ran: the same machine state, the same run
+    flops_per_token = train_flops_per_token(cfg, seq_len)
+    train = {"ours": batch * seq_len / t_ours_train, "peer": batch * seq_len / t_peer_train}
     return {
-        "train_tokens_per_s": {"ours": batch * seq_len / t_ours_train, "peer": batch * seq_len / t_peer_train},
-        "decode_tokens_per_s": {"ours": batch * decode_tokens / t_ours_decode,
-                                "peer": batch * decode_tokens / t_peer_decode},
-        "max_logit_diff": max_logit_diff, "greedy_agree": agree, "greedy_total": int(ours_tokens.size),
+        "train_tokens_per_s": train,
+        "train_mfu": {side: tps * flops_per_token / peak["peak"] for side, tps in train.items()},
+        "train_flops_per_token": flops_per_token, "matmul_peak_flops": peak,
+        "decode_tokens_per_s": {str(b): v for b, v in decode.items()},
+        "max_logit_diff": max_logit_diff, "greedy_agree": agree, "greedy_total": total,
         "num_params": cfg.num_params(), "torch_threads": torch.get_num_threads(),
         "jax_backend": jax.default_backend(), "jax_version": jax.__version__, "torch_version": torch.__version__,
     }
 
 
 def format_report(r: dict, *, config_name: str, cfg, args) -> str:
+    peak = r["matmul_peak_flops"]
+    torch_peak = "n/a" if peak["torch"] is None else f"{peak['torch'] / 1e9:,.0f}"
     lines = [
         f"merg-jax bench llm | {config_name}: {r['num_params']:,} parameters (hidden {cfg.hidden_size}, "
         f"{cfg.num_layers} layers, vocab {cfg.vocab_size}, {cfg.dtype})",
         f"train: batch {args.batch} x {args.seq_len} tokens, forward+backward+clip+AdamW | decode: batch "
-        f"{args.batch}, prompt {args.prompt_len} + {args.decode_tokens} new tokens, greedy, KV cache",
+        f"{args.decode_batches}, prompt {args.prompt_len} + {args.decode_tokens} new tokens, greedy, KV cache",
         f"median of {args.repeats} repeats ({args.steps} train steps each), warm-up excluded | jax "
         f"{r['jax_version']} ({r['jax_backend']}), torch {r['torch_version']} ({r['torch_threads']} threads)",
         f"same weights: max |logits ours - peer| = {r['max_logit_diff']:.2e}, greedy tokens equal "
         f"{r['greedy_agree']}/{r['greedy_total']}",
+        f"matmul peak ({peak['n']}^2 {peak['dtype']}, same run): jax {peak['jax'] / 1e9:,.0f} GFLOP/s, torch "
+        f"{torch_peak} GFLOP/s; train FLOPs per token {r['train_flops_per_token'] / 1e6:,.1f} M (6N + attention)",
         "",
-        f"{'metric':<18}{'ours (JAX)':>14}{'peer (HF torch)':>18}{'ours/peer':>12}",
+        f"{'metric':<22}{'ours (JAX)':>14}{'peer (HF torch)':>18}{'ours/peer':>12}",
     ]
-    for label, key in (("train tokens/s", "train_tokens_per_s"), ("decode tokens/s", "decode_tokens_per_s")):
-        ours, peer = r[key]["ours"], r[key]["peer"]
-        lines.append(f"{label:<18}{ours:>14,.0f}{peer:>18,.0f}{ours / peer:>12.2f}")
+
+    def row(label, ours, peer, fmt="{:,.0f}"):
+        lines.append(f"{label:<22}{fmt.format(ours):>14}{fmt.format(peer):>18}{ours / peer:>12.2f}")
+
+    row("train tokens/s", r["train_tokens_per_s"]["ours"], r["train_tokens_per_s"]["peer"])
+    row("train MFU", 100 * r["train_mfu"]["ours"], 100 * r["train_mfu"]["peer"], "{:.1f}%")
+    for b, v in r["decode_tokens_per_s"].items():
+        row(f"decode tokens/s (B={b})", v["ours"], v["peer"])
     return "\n".join(lines)
 
 
@@ -196,10 +232,23 @@ def run(args, rest: list[str], parser: argparse.ArgumentParser) -> int:
         if getattr(args, name) < 1:
             print(f"merg-jax bench: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
+    try:
+        decode_batches = tuple(int(b) for b in args.decode_batches.split(","))
+        if not decode_batches or min(decode_batches) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"merg-jax bench: error: --decode-batches {args.decode_batches!r} must be comma-separated integers "
+              ">= 1 (e.g. 1,8)", file=sys.stderr)
+        return 2
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
         print(NO_TORCH, file=sys.stderr)
         return 2
     r = bench_llm(config, batch=args.batch, seq_len=args.seq_len, steps=args.steps, repeats=args.repeats,
-                  decode_tokens=args.decode_tokens, prompt_len=args.prompt_len, seed=args.seed)
+                  decode_batches=decode_batches, decode_tokens=args.decode_tokens, prompt_len=args.prompt_len,
+                  seed=args.seed)
     print(format_report(r, config_name=args.config, cfg=cfg, args=args))
+    if args.json:
+        out = {"target": "llm", "config": args.config, "overrides": rest,
+               "args": {k: v for k, v in vars(args).items() if k not in ("json", "target")}, **r}
+        pathlib.Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
