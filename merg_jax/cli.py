@@ -21,6 +21,7 @@ COMMANDS = {
     "inspect-data": ("merg_jax.data.inspect", "counts, label distributions, durations and problems of a dataset"),
     "train-tokenizer": ("merg_jax.data.tokenizer_cli", "train a byte-level BPE tokenizer on a training split"),
     "describe-model": ("merg_jax.models.describe", "parameter counts of a config's Empatheia model, by group and stage"),
+    "plan": ("merg_jax.plan.cli", "the scale plan: per-device memory, largest batch, step time on TPU/GPU targets"),
     "bench": ("merg_jax.bench", "benchmarks: ours and the peer side by side (`bench llm | attention | data | encoders`)"),
 }
 
