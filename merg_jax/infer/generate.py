@@ -192,6 +192,10 @@ def _generate_jit(graphdef, state, tokens, mask, stops, pad_id, rng, embeddings,
     lengths = jnp.ones((batch,), jnp.int32)
     next_pos = positions[:, -1] + 1  # the position of the token fed next (the one just generated)
 
+    # Slice the stacked layers and the cache per layer once, outside the loop (`Llm.layer_blocks`).
+    blocks = model.layer_blocks()
+    cache = cache.per_layer()
+
     def cond(carry):
         i, _, _, _, done, _ = carry
         return (i < max_new_tokens) & ~jnp.all(done)
@@ -199,7 +203,7 @@ def _generate_jit(graphdef, state, tokens, mask, stops, pad_id, rng, embeddings,
     def body(carry):
         i, cache, last, out, done, lengths = carry
         step_logits, cache = model(last[:, None], positions=(next_pos + i - 1)[:, None],
-                                   segment_ids=jnp.ones((batch, 1), jnp.int32), cache=cache)
+                                   segment_ids=jnp.ones((batch, 1), jnp.int32), cache=cache, layers=blocks)
         tok = sample_logits(step_logits[:, -1], sampling, jax.random.fold_in(rng, i))
         out = out.at[:, i].set(jnp.where(done, pad_id, tok))
         lengths = lengths + (~done).astype(jnp.int32)

@@ -20,7 +20,7 @@ class KVCache:
     """Slots `[0, index)` are written. Slot order is the causal order; `segment_ids` 0 marks padding (a
     left-padded prompt) and unwritten slots, `span_ids` the media spans, as in the attention mask."""
 
-    k: Float[Array, "NL B S Hk K"]
+    k: Float[Array, "NL B S Hk K"]  # or a tuple of NL `[B, S, Hk, K]` arrays (`per_layer`)
     v: Float[Array, "NL B S Hk K"]
     segment_ids: Int[Array, "B S"]
     span_ids: Int[Array, "B S"]
@@ -37,7 +37,16 @@ class KVCache:
 
     @property
     def max_length(self) -> int:
-        return self.k.shape[2]
+        return (self.k[0] if isinstance(self.k, tuple) else self.k).shape[-3]
+
+    def per_layer(self) -> KVCache:
+        """The same cache with `k`/`v` as tuples of per-layer `[B, S, Hk, K]` arrays (for `Llm.forward(layers=)`):
+        a decode loop then updates each layer's slot in place instead of slicing and restacking the whole cache
+        on every step."""
+        if isinstance(self.k, tuple):
+            return self
+        n = self.k.shape[0]
+        return dataclasses.replace(self, k=tuple(self.k[i] for i in range(n)), v=tuple(self.v[i] for i in range(n)))
 
     def write_mask_ids(self, segment_ids: Int[Array, "B L"], span_ids: Int[Array, "B L"]) -> KVCache:
         """Records the new tokens' segment and span ids at slots `[index, index + L)`."""

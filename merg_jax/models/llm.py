@@ -9,6 +9,7 @@ whether the forward pass scans over them or unrolls, so checkpoints do not depen
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -114,6 +115,12 @@ class Block(nnx.Module):
         return constrain(x, ("batch", "length", "act_embed")), cache_kv
 
 
+def _collect_kv(outs, *, per_layer: bool):
+    """Per-layer (k, v) pairs → (k, v) as tuples (a per-layer cache) or stacked on a leading layer axis."""
+    ks, vs = tuple(o[0] for o in outs), tuple(o[1] for o in outs)
+    return (ks, vs) if per_layer else (jnp.stack(ks), jnp.stack(vs))
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class LlmOutput:
@@ -159,13 +166,15 @@ class Llm(nnx.Module):
         cache: KVCache | None = None,
         dropout_rng: jax.Array | None = None,
         return_logits: bool = True,
+        layers: Sequence[Block] | None = None,
     ) -> LlmOutput:
         """Runs the decoder over tokens, or over `embeddings` passed in directly (media spliced in).
 
         positions: RoPE positions (default 0..L-1, or continuing from the cache). segment_ids: packing/padding
         (0 = padding). span_ids: non-zero ids of media spans, bidirectional inside a causal sequence. cache: a
         `KVCache`; the new tokens are written at `cache.index` and attend to everything written before.
-        dropout_rng: enables LoRA dropout (training).
+        dropout_rng: enables LoRA dropout (training). layers: `layer_blocks()`, computed once outside a decode
+        loop (with `cache.per_layer()`): the layers then run unrolled on those slices.
         """
         cfg = self.cfg
         if (tokens is None) == (embeddings is None):
@@ -180,7 +189,7 @@ class Llm(nnx.Module):
             cache = cache.write_mask_ids(seg, spans)
             ctx = dataclasses.replace(ctx, kv_segment_ids=cache.segment_ids, kv_span_ids=cache.span_ids)
         inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_llama3_scaling)
-        x, new_kv = self._run_layers(x, ctx, inv_freq, cache, dropout_rng)
+        x, new_kv = self._run_layers(x, ctx, inv_freq, cache, dropout_rng, layers)
         if cache is not None:
             cache = dataclasses.replace(cache, k=new_kv[0], v=new_kv[1], index=cache.index + length)
         hidden = self.final_norm(x)
@@ -205,7 +214,18 @@ class Llm(nnx.Module):
                            kv_positions=jnp.broadcast_to(jnp.arange(cache.max_length), (bsz, cache.max_length)),
                            cache_index=cache.index)
 
-    def _run_layers(self, x, ctx, inv_freq, cache, dropout_rng):
+    def layer_blocks(self) -> tuple[Block, ...]:
+        """The stacked layers as `num_layers` separate Blocks, each holding its slice of every parameter.
+
+        For decode loops: inside a `while_loop`, a scan over the stacked weights makes XLA:CPU copy each layer's
+        dynamic slice of every weight before its matmul, on every step (twice the memory traffic of a step
+        that is all weight reads). Sliced once before the loop, the weights are read in place.
+        """
+        graphdef, params = nnx.split(self.layers)
+        return tuple(nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], params))
+                     for i in range(self.cfg.num_layers))
+
+    def _run_layers(self, x, ctx, inv_freq, cache, dropout_rng, layers=None):
         cfg = self.cfg
         graphdef, params = nnx.split(self.layers)
         rngs = None if dropout_rng is None else jax.random.split(dropout_rng, cfg.num_layers)
@@ -215,16 +235,24 @@ class Llm(nnx.Module):
             layer_params, layer_kv, layer_rng = xs
             return nnx.merge(graphdef, layer_params)(h, ctx, inv_freq, layer_kv, layer_rng)
 
+        if layers is not None:  # pre-sliced (decode): unrolled, no remat (nothing is differentiated)
+            outs = []
+            for i, block in enumerate(layers):
+                layer_kv = None if kv is None else (kv[0][i], kv[1][i])
+                x, layer_kv = block(x, ctx, inv_freq, layer_kv, None if rngs is None else rngs[i])
+                outs.append(layer_kv)
+            return x, None if kv is None else _collect_kv(outs, per_layer=isinstance(kv[0], tuple))
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=_REMAT[cfg.remat], prevent_cse=not cfg.scan_layers)
-        if cfg.scan_layers:
+        if cfg.scan_layers and not (kv is not None and isinstance(kv[0], tuple)):
             return jax.lax.scan(body, x, (params, kv, rngs))
         outs = []
         for i in range(cfg.num_layers):
-            x, layer_kv = body(x, jax.tree.map(lambda a: a[i], (params, kv, rngs)))
+            layer_kv = None if kv is None else (kv[0][i], kv[1][i])
+            x, layer_kv = body(x, (jax.tree.map(lambda a, i=i: a[i], params), layer_kv,
+                                   None if rngs is None else rngs[i]))
             outs.append(layer_kv)
-        new_kv = None if kv is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
-        return x, new_kv
+        return x, None if kv is None else _collect_kv(outs, per_layer=isinstance(kv[0], tuple))
 
     def merge_lora(self) -> None:
         """Folds every LoRA adapter into its base kernel (in place)."""
