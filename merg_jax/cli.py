@@ -22,7 +22,8 @@ COMMANDS = {
     "train-tokenizer": ("merg_jax.data.tokenizer_cli", "train a byte-level BPE tokenizer on a training split"),
     "describe-model": ("merg_jax.models.describe", "parameter counts of a config's Empatheia model, by group and stage"),
     "plan": ("merg_jax.plan.cli", "the scale plan: per-device memory, largest batch, step time on TPU/GPU targets"),
-    "bench": ("merg_jax.bench", "benchmarks: ours and the peer side by side (`bench llm | attention | data | encoders`)"),
+    "bench": ("merg_jax.bench", "benchmarks, ours beside the peer (llm, attention, kernels, data, encoders, speech, "
+                                "respond, empatheia, face)"),
 }
 
 

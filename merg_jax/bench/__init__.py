@@ -5,7 +5,12 @@ naive reference on CPU; the Pallas GPU kernel vs cuDNN and XLA on a GPU), `data`
 with 0 and N workers), `encoders` (the CLIP vision and AST audio towers' inference and training step vs Hugging
 Face PyTorch `CLIPVisionModel` / `ASTModel`), `speech` (the HiFi-GAN vocoder vs Hugging Face PyTorch
 `SpeechT5HifiGan`: seconds per call and real-time factor), `kernels` (the attention kernels' errors against the naive
-reference and cuDNN), `respond` (one reply's latency by stage, first call and warm).
+reference and cuDNN), `respond` (one reply's latency by stage, first call and warm), `empatheia` (the Empatheia
+trainer's jitted steps for the coe, content and style stages: step time, tokens/s and MFU against the machine's
+matmul peak; no PyTorch Empatheia exists, so no peer), `face` (the talking-face generator's renderer and motion
+sampler in frames/s and the real-time factor of animating N seconds; no PyTorch peer exists).
+
+Every target takes `--json FILE` and writes there every number it prints.
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from merg_jax.bench import attention, data, encoders, kernels, llm, respond, speech
+from merg_jax.bench import attention, data, empatheia, encoders, face, kernels, llm, respond, speech
 
 TARGETS = {"llm": llm, "attention": attention, "kernels": kernels, "data": data, "encoders": encoders,
-           "speech": speech, "respond": respond}
+           "speech": speech, "respond": respond, "empatheia": empatheia, "face": face}
 
 
 def _parser() -> argparse.ArgumentParser:

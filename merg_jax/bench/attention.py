@@ -2,6 +2,7 @@
 
     merg-jax bench attention [--lengths 1024,4096,16384] [--batch 1] [--heads 8] [--kv-heads 8] [--head-dim 64]
                              [--causal | --no-causal] [--dtype float32] [--repeats 2] [--max-run-gib 4]
+                             [--json FILE]
 
 On CPU, ours is `blockwise` and the peers are `xla` (the whole score matrix, one fused program) and the naive
 `reference`. On a GPU, ours is `pallas_gpu` and the peers are cuDNN (`jax.nn.dot_product_attention(
@@ -9,14 +10,17 @@ implementation="cudnn")`) and `xla`; on a TPU, ours is `pallas_tpu`. For each le
 forward and the forward+backward (gradients of q, k, v) time, the throughput in TFLOP/s (4·B·H·Lq·Lk·D flops
 forward, halved when causal; backward counted as 2.5× forward), and the compiled programs' temporary memory from
 `memory_analysis()`. A program whose temporaries exceed `--max-run-gib` is compiled (for its memory) but not run.
-`ours/peer` is the peer's time over ours: above 1 means ours is faster.
+`ours/peer` is the peer's time over ours: above 1 means ours is faster. `--json FILE` also writes every number to
+FILE (seconds, TFLOP/s, temporary bytes and the ratios, per length and implementation).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 GIB = 1 << 30
 
@@ -35,6 +39,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-run-gib", type=float, default=4.0,
                    help="run a program only if its temporaries fit in this many GiB (%(default)s)")
     p.add_argument("--impls", default=None, help="comma-separated implementations (default: ours then the peers)")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the numbers to FILE as JSON")
     return p
 
 
@@ -114,25 +119,30 @@ def _cell_mem(entry: dict) -> str:
     return "-" if entry.get("temp_bytes") is None else f"{entry['temp_bytes'] / (1 << 20):,.0f}"
 
 
+def ratios(rows: list[dict]) -> list[dict[str, float | None] | None]:
+    """Per row, {"fwd", "fwd_bwd"}: the peer's time over ours at the same length (None where either side did not
+    run); None for ours' own rows (the first implementation of each length)."""
+    ours_by_length: dict[int, dict] = {}
+    out = []
+    for r in rows:
+        ours = ours_by_length.setdefault(r["length"], r)
+        out.append(None if r is ours else {
+            name: r[name]["seconds"] / ours[name]["seconds"] if "seconds" in r[name] and "seconds" in ours[name]
+            else None for name in ("fwd", "fwd_bwd")})
+    return out
+
+
 def format_report(rows: list[dict], *, header: str) -> str:
     lines = [header, "",
              f"{'L':>6} {'impl':<11}{'fwd ms':>11}{'fwd+bwd ms':>12}{'fwd TF/s':>10}{'f+b TF/s':>10}"
              f"{'fwd MiB':>10}{'f+b MiB':>10}{'ours/peer fwd':>15}{'ours/peer f+b':>15}"]
-    ours_by_length = {}
-    for r in rows:
-        ours = ours_by_length.setdefault(r["length"], r)
-        ratios = []
-        for name in ("fwd", "fwd_bwd"):
-            if r is ours:
-                ratios.append("(ours)")
-            elif "seconds" in r[name] and "seconds" in ours[name]:
-                ratios.append(f"{r[name]['seconds'] / ours[name]['seconds']:.2f}")
-            else:
-                ratios.append("-")
+    for r, ratio in zip(rows, ratios(rows)):
+        cells = (["(ours)"] * 2 if ratio is None else
+                 ["-" if ratio[name] is None else f"{ratio[name]:.2f}" for name in ("fwd", "fwd_bwd")])
         tf = [f"{r[n]['tflops']:.3f}" if "tflops" in r[n] else "-" for n in ("fwd", "fwd_bwd")]
         lines.append(f"{r['length']:>6} {r['impl']:<11}{_cell_time(r['fwd']):>11}{_cell_time(r['fwd_bwd']):>12}"
                      f"{tf[0]:>10}{tf[1]:>10}{_cell_mem(r['fwd']):>10}{_cell_mem(r['fwd_bwd']):>10}"
-                     f"{ratios[0]:>15}{ratios[1]:>15}")
+                     f"{cells[0]:>15}{cells[1]:>15}")
     notes = sorted({f"{r['impl']} L={r['length']} {n}: {r[n].get('skipped') or r[n].get('error')}"
                     for r in rows for n in ("fwd", "fwd_bwd") if "skipped" in r[n] or "error" in r[n]})
     if notes:
@@ -180,4 +190,11 @@ def run(args, rest: list[str], parser: argparse.ArgumentParser) -> int:
                                 max_run_bytes=args.max_run_gib * GIB))
             print(f"  measured {impl} at L={length}", file=sys.stderr, flush=True)
     print(format_report(rows, header=header))
+    if args.json:
+        versions = {"jax": jax.__version__, "backend": backend,
+                    "device_kind": getattr(device, "device_kind", device.platform), "dtype": dtype.name}
+        out = {"target": "attention", "args": {k: v for k, v in vars(args).items() if k not in ("json", "target")},
+               "versions": versions, "impls": impls, "kv_heads": kv_heads,
+               "rows": [{**r, "ours": ratio is None, "ours_over_peer": ratio} for r, ratio in zip(rows, ratios(rows))]}
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0

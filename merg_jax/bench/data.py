@@ -1,7 +1,7 @@
 """`merg-jax bench data`: samples/s of the AvaMERG input pipeline with 0 and with N grain worker processes.
 
     merg-jax bench data [--data DIR] [--split train] [--config configs/tiny.py] [--workers 2] [--batches 8]
-                        [--dialogues 8] [--config.data.KEY=VALUE ...]
+                        [--dialogues 8] [--json FILE] [--config.data.KEY=VALUE ...]
 
 Without --data, a small dataset is generated in a temporary directory by the AvaMERG-mini generator (`merg-jax
 make-data`; a tone-and-colour stand-in if the generator fails). The tokenizer is the config's `data.tokenizer`
@@ -9,6 +9,7 @@ when that directory exists, else a byte-level BPE trained on the split (seconds)
 (the config's features, shuffle and per-host batch), takes one batch (the start-up: worker processes, first
 decodes, reported apart) and then times `--batches` batches. `ratio` is the N-worker rate over the 0-worker rate:
 above 1, the workers help. Decoding is mostly ffmpeg and numpy, so the gain follows the free CPU cores.
+`--json FILE` also writes every number to FILE.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=8, help="timed batches per run, after the first (%(default)s)")
     p.add_argument("--batch-size", type=int, default=0, help="per-host batch (default: the config's)")
     p.add_argument("--dialogues", type=int, default=8, help="dialogues to generate without --data (%(default)s)")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the numbers to FILE as JSON")
     return p
 
 
@@ -165,7 +167,13 @@ def run(args, rest: list[str], parser: argparse.ArgumentParser) -> int:
     for r in rows:
         print(f"{r['workers']:>8}{r['startup_s']:>12.2f}{r['samples_per_s']:>12.2f}{r['samples']:>10}"
               f"{r['skipped']:>10}")
-    if len(rows) == 2:
-        print(f"\nratio ({rows[1]['workers']} workers / 0 workers): "
-              f"{rows[1]['samples_per_s'] / rows[0]['samples_per_s']:.2f}")
+    ratio = rows[1]["samples_per_s"] / rows[0]["samples_per_s"] if len(rows) == 2 else None
+    if ratio is not None:
+        print(f"\nratio ({rows[1]['workers']} workers / 0 workers): {ratio:.2f}")
+    if args.json:
+        out = {"target": "data", "args": {k: v for k, v in vars(args).items() if k not in ("json", "target")},
+               "overrides": list(rest), "dataset": what, "root": args.data, "tokenizer": tok_what,
+               "cpus": os.cpu_count(), "batch_size": settings.batch_size, "seq_len": s.seq_len,
+               "max_clips": s.max_clips, "media": groups, "rows": rows, "ratio": ratio}
+        pathlib.Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0

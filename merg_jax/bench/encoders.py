@@ -3,7 +3,7 @@
     merg-jax bench encoders [--towers vision,audio] [--batch 8] [--layers 4] [--hidden 128] [--heads 4]
                             [--image-size 64] [--patch 8] [--mel-bins 64] [--frames 256] [--audio-patch 16]
                             [--audio-stride 10] [--optimizer adam|sgd] [--learning-rate 1e-4] [--steps 3]
-                            [--repeats 5]
+                            [--repeats 5] [--json FILE]
 
 For each tower, with identical weights and inputs on both sides, two numbers for ours and the peer in one run:
 - inference images/s (clips/s): one forward pass over `batch` random images (log-mels); ours jitted and blocked
@@ -17,16 +17,18 @@ The peer is built from a small random config (every tensor random, so a mix-up w
 the largest pooled-embedding difference and both sides' first training loss. Warm-up (JAX compilation, first
 PyTorch calls) is excluded; each number is the median over `repeats` timed repeats of `steps` calls, each side
 timed in one block. PyTorch keeps its default thread count and attention implementation; a CUDA build of torch
-puts the peer on the GPU.
+puts the peer on the GPU. `--json FILE` also writes every number to FILE.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
+from pathlib import Path
 
-from merg_jax.bench.llm import median_time
+from merg_jax.bench.timing import median_time
 from merg_jax.bench.preflight import preflight
 
 TOWERS = ("vision", "audio")
@@ -53,6 +55,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="calls per timed repeat (default %(default)s)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the numbers to FILE as JSON")
     return p
 
 
@@ -289,4 +292,10 @@ def run(args, rest: list[str], parser: argparse.ArgumentParser) -> int:
     versions = {"jax": jax.__version__, "backend": jax.default_backend(), "torch": torch.__version__,
                 "threads": torch.get_num_threads(), "device": next(iter(results.values()))["peer_device"]}
     print(format_report(results, args, versions))
+    if args.json:
+        towers = {tower: {**r, "ratio": {phase: r[phase]["ours"] / r[phase]["peer"] for phase in ("infer", "train")},
+                          "unit": UNIT[tower]} for tower, r in results.items()}
+        out = {"target": "encoders", "args": {k: v for k, v in vars(args).items() if k not in ("json", "target")},
+               "versions": versions, "towers": towers}
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0

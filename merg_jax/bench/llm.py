@@ -24,10 +24,8 @@ import argparse
 import importlib.util
 import json
 import pathlib
-import statistics
 import sys
 import tempfile
-import time
 
 NO_TORCH = ("merg-jax bench llm: the peer side needs PyTorch, which is not installed. Install the CPU build "
             "(`pip install torch==2.13.0`) and run again.")
@@ -60,15 +58,6 @@ def train_flops_per_token(cfg, seq_len: int) -> float:
     return 6.0 * n + 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, repeats: int = 3,
               decode_batches: tuple[int, ...] = (1, 8), decode_tokens: int = 32, prompt_len: int = 16,
               seed: int = 0) -> dict:
@@ -81,6 +70,7 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
     from transformers import LlamaForCausalLM
 
     from merg_jax.bench.peak import matmul_peak
+    from merg_jax.bench.timing import median_time
     from merg_jax.config import llm_config
     from merg_jax.convert import save_hf_llama
     from merg_jax.infer import generate

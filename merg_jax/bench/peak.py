@@ -12,17 +12,8 @@ dtype on the same machine, so MFU = model FLOPs / step time / peak is at most ~1
 from __future__ import annotations
 
 import importlib.util
-import time
 
-
-def _best(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+from merg_jax.bench.timing import best_time
 
 
 def matmul_peak(n: int | None = None, repeats: int = 10, dtype: str = "float32") -> dict:
@@ -37,12 +28,12 @@ def matmul_peak(n: int | None = None, repeats: int = 10, dtype: str = "float32")
     ja, jb = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
     matmul = jax.jit(jnp.matmul)
     flops = 2.0 * n ** 3
-    out = {"n": n, "dtype": dtype, "jax": flops / _best(lambda: matmul(ja, jb).block_until_ready(), repeats),
+    out = {"n": n, "dtype": dtype, "jax": flops / best_time(lambda: matmul(ja, jb).block_until_ready(), repeats),
            "torch": None, "jax_backend": jax.default_backend()}
     if importlib.util.find_spec("torch") is not None and jax.default_backend() == "cpu":
         import torch
 
         ta, tb = torch.from_numpy(a).to(getattr(torch, dtype)), torch.from_numpy(b).to(getattr(torch, dtype))
-        out["torch"] = flops / _best(lambda: ta @ tb, repeats)
+        out["torch"] = flops / best_time(lambda: ta @ tb, repeats)
     out["peak"] = max(v for v in (out["jax"], out["torch"]) if v is not None)
     return out

@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from merg_jax.bench.llm import median_time
+from merg_jax.bench.timing import median_time
 from merg_jax.bench.preflight import preflight
 
 # HiFi-GAN V3's multi-receptive-field stacks (its ResBlock2 kernels and dilations, here in ResBlock1, the only
