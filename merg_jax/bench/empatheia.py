@@ -364,16 +364,16 @@ def bench_stage(stage, model, config, tokenizer, mesh, args, peak: float):
     from merg_jax.train.batching import place_local_batch
     from merg_jax.train.optimizer import init_optimizer_state, make_optimizer
     from merg_jax.train.stage_step import make_train_step, split_for_stage
+    from merg_jax.train.trainer import stage_groups, step_uses_rng
 
     settings, rows, spec, host, targets = stage_inputs(stage, model, config, tokenizer, mesh, args)
     accum = int(settings.get("accum_steps", 1))
-    filt = stage_filter(stage.name, [g.strip() for g in str(settings.groups).split(",") if g.strip()])
+    filt = stage_filter(stage.name, stage_groups(settings))
     tx = make_optimizer(settings)
     graphdef, trainable, frozen = split_for_stage(model, filt)
     n_train = sum(x.size for x in jax.tree.leaves(trainable))
     n_all = n_train + sum(x.size for x in jax.tree.leaves(frozen))
-    uses_rng = stage.needs_rng or (model.cfg.llm.lora_rank > 0 and model.cfg.llm.lora_dropout > 0)
-    rng = jax.random.key(args.seed) if uses_rng else None
+    rng = jax.random.key(args.seed) if step_uses_rng(stage, model.cfg) else None
     with jax.set_mesh(mesh):
         batch = place_local_batch(host, mesh)
         opt_state = init_optimizer_state(tx, trainable, mesh)

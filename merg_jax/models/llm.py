@@ -235,24 +235,21 @@ class Llm(nnx.Module):
             layer_params, layer_kv, layer_rng = xs
             return nnx.merge(graphdef, layer_params)(h, ctx, inv_freq, layer_kv, layer_rng)
 
-        if layers is not None:  # pre-sliced (decode): unrolled, no remat (nothing is differentiated)
-            outs = []
-            for i, block in enumerate(layers):
-                layer_kv = None if kv is None else (kv[0][i], kv[1][i])
-                x, layer_kv = block(x, ctx, inv_freq, layer_kv, None if rngs is None else rngs[i])
-                outs.append(layer_kv)
-            return x, None if kv is None else _collect_kv(outs, per_layer=isinstance(kv[0], tuple))
-        if cfg.remat != "none":
+        per_layer_cache = kv is not None and isinstance(kv[0], tuple)
+        if layers is None and cfg.remat != "none":  # pre-sliced layers run in decode: nothing is differentiated
             body = jax.checkpoint(body, policy=_REMAT[cfg.remat], prevent_cse=not cfg.scan_layers)
-        if cfg.scan_layers and not (kv is not None and isinstance(kv[0], tuple)):
+        if layers is None and cfg.scan_layers and not per_layer_cache:
             return jax.lax.scan(body, x, (params, kv, rngs))
         outs = []
         for i in range(cfg.num_layers):
             layer_kv = None if kv is None else (kv[0][i], kv[1][i])
-            x, layer_kv = body(x, (jax.tree.map(lambda a, i=i: a[i], params), layer_kv,
-                                   None if rngs is None else rngs[i]))
+            layer_rng = None if rngs is None else rngs[i]
+            if layers is not None:
+                x, layer_kv = layers[i](x, ctx, inv_freq, layer_kv, layer_rng)
+            else:
+                x, layer_kv = body(x, (jax.tree.map(lambda a, i=i: a[i], params), layer_kv, layer_rng))
             outs.append(layer_kv)
-        return x, None if kv is None else _collect_kv(outs, per_layer=isinstance(kv[0], tuple))
+        return x, None if kv is None else _collect_kv(outs, per_layer=per_layer_cache)
 
     def merge_lora(self) -> None:
         """Folds every LoRA adapter into its base kernel (in place)."""

@@ -65,7 +65,7 @@ def compile_point(config, mesh_shape: Mapping[str, int], num_layers: int, rows: 
 
     from merg_jax.models.empatheia import Empatheia, EmpatheiaConfig
     from merg_jax.models.param_groups import group_filter
-    from merg_jax.plan.state import moment_owner, path_names, stage_groups
+    from merg_jax.plan.state import moment_owner, path_names, stage_settings_of
     from merg_jax.sharding import make_mesh, state_shardings
     from merg_jax.train.batching import BATCH_SPEC
     from merg_jax.train.optimizer import make_optimizer
@@ -75,7 +75,7 @@ def compile_point(config, mesh_shape: Mapping[str, int], num_layers: int, rows: 
     c = scaled_config(config, num_layers)
     mesh = make_mesh(dict(mesh_shape), devices=jax.devices()[:FAKE_DEVICES])
     abstract = nnx.eval_shape(lambda: Empatheia(EmpatheiaConfig.from_config(c), rngs=nnx.Rngs(0)))
-    graphdef, trainable, frozen = split_for_stage(abstract, group_filter(*stage_groups(c, "coe")))
+    graphdef, trainable, frozen = split_for_stage(abstract, group_filter(*stage_settings_of(c, "coe")[1]))
 
     def placed(state):
         return jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), state,

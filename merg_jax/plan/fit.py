@@ -33,7 +33,7 @@ from merg_jax.models.llm_config import LlmConfig
 from merg_jax.plan.activations import ActivationModel, llm_activations, tower_bytes_per_row
 from merg_jax.plan.flops import RowFlops, coe_flops
 from merg_jax.plan.hardware import Target
-from merg_jax.plan.state import Leaf, StageState, abstract_model, sharded_leaves, stage_setting, stage_state
+from merg_jax.plan.state import Leaf, StageState, abstract_model, sharded_leaves, stage_settings_of, stage_state
 
 PLANNED_STAGE = "coe"  # stage a: the LLM's forward and backward through LoRA, the largest memory and compute
 
@@ -149,9 +149,8 @@ def plan_targets(config, targets: Sequence[Target], *, reserve: float = 0.10, mf
     ecfg = EmpatheiaConfig.from_config(config)
     model = abstract_model(config)
     flops = coe_flops(config, ecfg)
-    recipe_batch = int(stage_setting(config, PLANNED_STAGE, "batch_size"))
-    # The trainer's rule: train.steps > 0 overrides every stage's steps (merg_jax.train.trainer.stage_settings).
-    steps = int(config.train.get("steps", 0) or 0) or int(stage_setting(config, PLANNED_STAGE, "steps"))
+    settings, _ = stage_settings_of(config, PLANNED_STAGE)  # train.steps > 0 overrides every stage's steps there
+    recipe_batch, steps = int(settings.batch_size), int(settings.steps)
     rows_to_train = steps * recipe_batch
     data = config.data
     clips = int(data.get("max_clips", 0) or 0)

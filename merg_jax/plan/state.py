@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from merg_jax.models.param_groups import STAGES as STAGE_GROUPS, group_filter, group_of
+from merg_jax.models.param_groups import group_filter, group_of
 from merg_jax.sharding.rules import logical_to_spec
 
 
@@ -92,22 +92,14 @@ def sharded_leaves(model: nnx.Module, mesh_shape: Mapping[str, int]) -> list[Lea
     return out
 
 
-def stage_groups(config, stage: str) -> tuple[str, ...]:
-    """The parameter groups `stage` trains: `config.stage.<stage>.groups` when set, else the default
-    (`param_groups.STAGES`) — the trainer's rule (`merg_jax.train.trainer.stage_settings`)."""
-    section = (config.get("stage") or {}).get(stage) or {}
-    groups = section.get("groups") or STAGE_GROUPS[stage]
-    if isinstance(groups, str):
-        groups = groups.split(",")
-    return tuple(g.strip() for g in groups if g.strip())
+def stage_settings_of(config, stage: str):
+    """The trainer's settings of `stage` (`merg_jax.train.trainer.stage_settings`: `config.train` with
+    `config.stage.<stage>` applied, `groups` defaulted) and the groups it trains."""
+    from merg_jax.train.stages import STAGES
+    from merg_jax.train.trainer import stage_groups, stage_settings
 
-
-def stage_setting(config, stage: str, key: str, default=None):
-    """`config.stage.<stage>.<key>`, else `config.train.<key>` (how the trainer resolves a stage's settings)."""
-    section = (config.get("stage") or {}).get(stage) or {}
-    if key in section:
-        return section[key]
-    return config.train.get(key, default)
+    settings = stage_settings(config, STAGES[stage])
+    return settings, stage_groups(settings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +117,10 @@ class StageState:
 
     @property
     def total_bytes(self) -> float:
+        return self.params_bytes + self.optimizer_bytes + self.gradient_bytes
+
+
+def total_bytes(self) -> float:
         return self.params_bytes + self.optimizer_bytes + self.gradient_bytes
 
 
@@ -146,11 +142,9 @@ def optimizer_bytes(config, stage: str, model: nnx.Module, leaves: Sequence[Leaf
     parameter it belongs to (matched by path), counters and other scalars on every device."""
     from merg_jax.train.optimizer import make_optimizer
 
-    train = dict(config.train.to_dict())
-    for key in ("learning_rate", "b1", "b2", "weight_decay", "grad_clip", "warmup_frac", "steps"):
-        train[key] = stage_setting(config, stage, key, train.get(key))
-    trainable = nnx.state(model, group_filter(*stage_groups(config, stage)))
-    opt = jax.eval_shape(make_optimizer(train).init, trainable)
+    settings, groups = stage_settings_of(config, stage)
+    trainable = nnx.state(model, group_filter(*groups))
+    opt = jax.eval_shape(make_optimizer(settings).init, trainable)
     by_path = {leaf.path: leaf for leaf in leaves}
     total = 0.0
     for path, x in jax.tree_util.tree_flatten_with_path(opt)[0]:
@@ -174,11 +168,11 @@ def moment_owner(path, shape: tuple[int, ...], by_path: Mapping[tuple[str, ...],
 def stage_state(config, model: nnx.Module, leaves: Sequence[Leaf], stage: str) -> StageState:
     """What one stage keeps on every device: all parameters, and for the trained groups a gradient and the
     optimiser's moments."""
-    groups = stage_groups(config, stage)
+    settings, groups = stage_settings_of(config, stage)
     params = [leaf for leaf in leaves if leaf.group]
     trained = [leaf for leaf in params if leaf.group in groups]
     trainable_bytes = sum(leaf.bytes_per_device for leaf in trained)
-    accum = int(stage_setting(config, stage, "accum_steps", 1) or 1)
+    accum = int(settings.get("accum_steps", 1) or 1)
     return StageState(
         stage=stage, groups=groups,
         param_count=sum(leaf.count for leaf in params), trainable_count=sum(leaf.count for leaf in trained),
@@ -189,4 +183,4 @@ def stage_state(config, model: nnx.Module, leaves: Sequence[Leaf], stage: str) -
 
 
 __all__ = ["Leaf", "StageState", "abstract_model", "moment_owner", "optimizer_bytes", "path_names", "sharded_leaves",
-           "spec_shards", "stage_groups", "stage_setting", "stage_state"]
+           "spec_shards", "stage_settings_of", "stage_state"]

@@ -128,8 +128,14 @@ def with_resolved_symbols(config: ml_collections.ConfigDict) -> ml_collections.C
     return c
 
 
-def _groups(text: str) -> tuple[str, ...]:
-    return tuple(g.strip() for g in str(text).split(",") if g.strip())
+def stage_groups(settings) -> tuple[str, ...]:
+    """The parameter groups a stage trains, from its `stage_settings` (`groups`: a comma-separated string)."""
+    return tuple(g.strip() for g in str(settings.groups).split(",") if g.strip())
+
+
+def step_uses_rng(stage: Stage, model_cfg) -> bool:
+    """Whether the stage's step takes a random key: the stage needs one, or LoRA dropout is on."""
+    return stage.needs_rng or (model_cfg.llm.lora_rank > 0 and model_cfg.llm.lora_dropout > 0)
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -380,7 +386,7 @@ class StagedTrainer:
         data_config = stage_data_config(self.config, stage, s)
         tx = make_optimizer(s)
         schedule = make_schedule(s)
-        graphdef, trainable, frozen = split_for_stage(model, stage_filter(stage.name, _groups(s.groups)))
+        graphdef, trainable, frozen = split_for_stage(model, stage_filter(stage.name, stage_groups(s)))
         n_train = sum(x.size for x in jax.tree.leaves(trainable))
         if n_train == 0:
             raise TrainingError(f"stage {stage.name} trains the groups {s.groups} but the model has no parameters "
@@ -401,7 +407,7 @@ class StagedTrainer:
                 raise TrainingError(f"{ckpt.directory}: no checkpoint of stage {stage.name} reads back")
             state, opt_state, meta, start = restored
             model = nnx.merge(graphdef, state)
-            graphdef, trainable, frozen = split_for_stage(model, stage_filter(stage.name, _groups(s.groups)))
+            graphdef, trainable, frozen = split_for_stage(model, stage_filter(stage.name, stage_groups(s)))
             data_state = meta["data"][jax.process_index()] if len(meta["data"]) > jax.process_index() else None
             key = jax.random.wrap_key_data(jnp.asarray(meta["rng"], jnp.uint32))
             if self.primary:
@@ -413,13 +419,13 @@ class StagedTrainer:
         if stage.prepare is not None:
             model = nnx.merge(graphdef, trainable, frozen)
             stage.prepare(model, data_config, self.emit)
-            graphdef, trainable, frozen = split_for_stage(model, stage_filter(stage.name, _groups(s.groups)))
+            graphdef, trainable, frozen = split_for_stage(model, stage_filter(stage.name, stage_groups(s)))
         it = (stage.iterator or make_iterator)(data_config, "train", tokenizer=self.tokenizer)
         if data_state is not None:
             it.set_state(data_state)
         keys = tuple(k for k in (*stage.batch_keys, *(self.targets.batch_keys if stage.needs_targets else ()))
                      if k != "sample_index")
-        use_rng = self._uses_dropout(model) or stage.needs_rng
+        use_rng = step_uses_rng(stage, model.cfg)
         progress = ProgressLogger(steps, int(s.batch_size) * int(data_config.data.seq_len), log_every, self.emit,
                                   prefix=f"[{stage.name}] ")
         bad_in_a_row, max_bad = 0, int(self.config.train.get("max_nonfinite_in_a_row", 10))
@@ -469,7 +475,7 @@ class StagedTrainer:
                         model = nnx.merge(graphdef, trainable, frozen)
                         stage.finish(model, data_config, self.emit)
                         graphdef, trainable, frozen = split_for_stage(model, stage_filter(stage.name,
-                                                                                          _groups(s.groups)))
+                                                                                          stage_groups(s)))
                     if (step + 1) % every == 0 or step + 1 == steps:
                         model_state = nnx.state(nnx.merge(graphdef, trainable, frozen))
                         meta = {"stage": stage.name, "step": step + 1, "done": step + 1 == steps,
@@ -483,10 +489,6 @@ class StagedTrainer:
             ckpt.close()
         self.summary[stage.name] = {k: v for k, v in last_row.items() if isinstance(v, (int, float))}
         return nnx.merge(graphdef, trainable, frozen)
-
-    @staticmethod
-    def _uses_dropout(model: Empatheia) -> bool:
-        return model.cfg.llm.lora_rank > 0 and model.cfg.llm.lora_dropout > 0
 
     def _validate(self, stage: Stage, graphdef, trainable, frozen, data_config) -> dict[str, float] | None:
         """Weighted means of the stage's loss and metrics over `train.eval_batches` batches of the valid split."""
