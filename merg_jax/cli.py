@@ -34,6 +34,14 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command line, not a caller in this process: choose the allocator before JAX loads
+        from merg_jax.host_allocator import reexecute_with_fast_allocator
+
+        try:
+            reexecute_with_fast_allocator()
+        except ValueError as e:
+            print(f"merg-jax: error: {e}", file=sys.stderr)
+            return 2
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())

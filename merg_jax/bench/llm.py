@@ -69,6 +69,7 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
     from flax import nnx
     from transformers import LlamaForCausalLM
 
+    from merg_jax import host_allocator
     from merg_jax.bench.peak import matmul_peak
     from merg_jax.bench.timing import median_time
     from merg_jax.config import llm_config
@@ -176,6 +177,7 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
         "max_logit_diff": max_logit_diff, "greedy_agree": agree, "greedy_total": total,
         "num_params": cfg.num_params(), "torch_threads": torch.get_num_threads(),
         "jax_backend": jax.default_backend(), "jax_version": jax.__version__, "torch_version": torch.__version__,
+        "allocator": host_allocator.describe(),
     }
 
 
@@ -188,7 +190,8 @@ def format_report(r: dict, *, config_name: str, cfg, args) -> str:
         f"train: batch {args.batch} x {args.seq_len} tokens, forward+backward+clip+AdamW | decode: batch "
         f"{args.decode_batches}, prompt {args.prompt_len} + {args.decode_tokens} new tokens, greedy, KV cache",
         f"median of {args.repeats} repeats ({args.steps} train steps each), warm-up excluded | jax "
-        f"{r['jax_version']} ({r['jax_backend']}), torch {r['torch_version']} ({r['torch_threads']} threads)",
+        f"{r['jax_version']} ({r['jax_backend']}), torch {r['torch_version']} ({r['torch_threads']} threads), "
+        f"allocator {r['allocator']}",
         f"same weights: max |logits ours - peer| = {r['max_logit_diff']:.2e}, greedy tokens equal "
         f"{r['greedy_agree']}/{r['greedy_total']}",
         f"matmul peak ({peak['n']}^2 {peak['dtype']}, same run): jax {peak['jax'] / 1e9:,.0f} GFLOP/s, torch "

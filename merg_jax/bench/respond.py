@@ -62,6 +62,7 @@ def format_markdown(figures: dict, *, header: str) -> str:
 def run(args, rest: list[str], parser: argparse.ArgumentParser) -> int:
     import jax
 
+    from merg_jax.host_allocator import describe
     from merg_jax.infer.bundle import ModelLoadError, load_model
     from merg_jax.infer.respond import RespondError, Responder
 
@@ -79,7 +80,8 @@ def run(args, rest: list[str], parser: argparse.ArgumentParser) -> int:
         return 2
     device = jax.devices()[0].device_kind
     text = format_markdown(figures, header=f"One reply from {args.checkpoint} on {device} ({jax.default_backend()}, "
-                                           f"jax {jax.__version__}, {args.repeats} warm calls)")
+                                           f"jax {jax.__version__}, allocator {describe()}, "
+                                           f"{args.repeats} warm calls)")
     print(text)
     for path, payload in ((args.markdown, text), (args.json, json.dumps(figures, indent=2) + "\n")):
         if path:
