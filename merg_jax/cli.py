@@ -34,11 +34,13 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the command line, not a caller in this process: choose the allocator before JAX loads
+    if argv is None:  # the command line, not a caller in this process: set up the process before JAX loads
+        from merg_jax import compile_cache
         from merg_jax.host_allocator import reexecute_with_fast_allocator
 
         try:
             reexecute_with_fast_allocator()
+            compile_cache.configure()
         except ValueError as e:
             print(f"merg-jax: error: {e}", file=sys.stderr)
             return 2

@@ -5,9 +5,11 @@
     assert compiled.names == []            # a second reply compiles nothing
 
 Every backend compilation JAX performs reports its duration to `jax.monitoring` under
-`/jax/core/compile/backend_compile_duration` with the program's name; a persistent-cache hit does not compile
-and is not counted. `names` lists them in order (a name twice: the same function compiled for two shapes or
-shardings, or recompiled), `seconds` their compile times.
+`/jax/core/compile/backend_compile_duration` with the program's name. A program loaded from the persistent
+compilation cache (merg_jax.compile_cache) reports under the same event and is counted too: the count is of
+programs made ready for this process, which is what "compile once" is about. `names` lists them in order (a
+name twice: the same function compiled for two shapes or shardings, or recompiled), `seconds` their compile
+times.
 """
 
 from __future__ import annotations

@@ -10,7 +10,21 @@ _FLAG = "--xla_force_host_platform_device_count=8"
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
-import pytest  # noqa: E402 - after the XLA flag, which must be set before anything imports JAX
+# One persistent compilation cache for every `merg-jax` / `python -m merg_jax.cli` subprocess of the session
+# (merg_jax.compile_cache is what the command does by default, into ~/.cache): the CLI tests run the same programs
+# in several processes (kill and resume, the paper recipe's two runs, two hosts), and each is compiled once. A
+# fresh folder per session, so no run depends on an earlier one. The test processes themselves do not use it:
+# the compile-count and first-call-timing tests measure compilation in-process.
+_SESSION_CACHE = None
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # unset in the first process; xdist's workers inherit it
+    import tempfile
+
+    _SESSION_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="merg-jax-test-xla-cache-")
+
+import jax  # noqa: E402 - after the XLA flag, which must be set before anything imports JAX
+import pytest  # noqa: E402
+
+jax.config.update("jax_enable_compilation_cache", False)
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +55,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         group = "trained_run" if "trained_run" in getattr(item, "fixturenames", ()) else item.module.__name__
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The process that made the session's compilation cache removes it."""
+    if _SESSION_CACHE is not None:
+        import shutil
+
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)

@@ -76,11 +76,15 @@ def f(x):  # a [2048, 8192] float32 temporary (64 MiB) between two matmuls
     return h @ jnp.ones((8192, 8), jnp.float32)
 
 x = jnp.ones((2048, 256), jnp.float32)
-f(x).block_until_ready(); f(x).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(5):  # warm-up: the allocator's heap grows to the program's working set once
     f(x).block_until_ready()
-print(json.dumps({"faults_per_call": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5}))
+faults = []
+for _ in range(11):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    f(x).block_until_ready()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+# The median call: now and then an allocator still grows its heap by a fresh block.
+print(json.dumps({"faults_per_call": sorted(faults)[len(faults) // 2]}))
 """
 
 
@@ -98,11 +102,15 @@ def test_the_chosen_allocator_removes_the_page_faults_of_each_call():
     if chosen is None:
         pytest.skip("this machine has neither tcmalloc nor transparent huge pages (make test installs tcmalloc)")
     glibc = _faults_per_call(system)
-    fast = _faults_per_call(chosen)
     # 64 MiB of fresh pages is 16,384 faults of 4 KiB under glibc; tcmalloc reuses its memory, 2 MiB pages are
     # 512x fewer faults.
     assert glibc > 10_000, glibc
-    assert fast < glibc / 20, (describe(chosen), fast, glibc)
+    envs = [chosen]
+    if describe(chosen) != "glibc+hugepages" and thp_mode() in ("always", "madvise"):
+        envs.append(allocator_env(dict(system, MERG_JAX_ALLOCATOR="hugepages")))
+    for env in envs:
+        fast = _faults_per_call(env)
+        assert fast < glibc / 20, (describe(env), fast, glibc)
 
 
 def test_the_command_line_reexecutes_itself_under_the_chosen_allocator():
