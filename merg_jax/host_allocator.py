@@ -64,8 +64,8 @@ def describe(environ: Mapping[str, str] = os.environ) -> str:
         return "tcmalloc"
     if "jemalloc" in preload:
         return "jemalloc"
-    if "glibc.malloc.hugetlb=1" in environ.get("GLIBC_TUNABLES", "") or \
-            "glibc.malloc.hugetlb=2" in environ.get("GLIBC_TUNABLES", ""):
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if any(f"glibc.malloc.hugetlb={mode}" in tunables for mode in (1, 2)):  # 1: THP via madvise, 2: hugetlbfs
         return "glibc+hugepages"
     return "glibc"
 
