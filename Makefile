@@ -13,28 +13,31 @@ export PIP_BREAK_SYSTEM_PACKAGES := 1
 install:
 	$(PIP) install -e .
 
-# libtcmalloc-minimal4: the host allocator merg-jax re-executes under (merg_jax/host_allocator.py; ~15% faster steps).
+# $(call debs,COMMANDS,LIBRARIES): apt-get installs, as root, the Debian packages of the missing COMMANDS (a
+# command is its package's name) and LIBRARIES (package:soname); as another user it names them. espeak-ng speaks;
+# libtcmalloc-minimal4 is the host allocator merg-jax re-executes under (merg_jax/host_allocator.py).
+define debs
+@missing=""; for d in $(1); do command -v $$d >/dev/null 2>&1 || missing="$$missing $$d"; done; \
+for l in $(2); do ldconfig -p | grep -q "$${l#*:}" || missing="$$missing $${l%%:*}"; done; \
+if [ -n "$$missing" ]; then \
+  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y $$missing; \
+  else echo "note: missing Debian packages:$$missing; install them as root (apt-get install$$missing)"; fi; \
+fi
+endef
+LIBS := libtcmalloc-minimal4:libtcmalloc_minimal
+
 demo: install
-	@missing=""; command -v espeak-ng >/dev/null 2>&1 || missing="espeak-ng"; \
-	ldconfig -p | grep -q libtcmalloc_minimal || missing="$$missing libtcmalloc-minimal4"; \
-	[ -z "$$missing" ] || [ "$$(id -u)" != 0 ] || (apt-get update && apt-get install -y $$missing)
+	$(call debs,espeak-ng,$(LIBS))
 	$(PYTHON) -m merg_jax.cli demo
 
 # torch==2.13.0 alone and first: pip takes the CPU wheel on this machine's disk (its find-links), so no later
 # requirement can pull a multi-GB CUDA build. Debian packages, installed only when missing and when running as root:
 # espeak-ng speaks test sentences for the speech parts; chromium is the real browser the web page is tested in
 # (driven by Playwright's Python API, so no browser is downloaded). The demo extra brings Gradio, Playwright and
-# nbclient (the page, its browser test, the notebook test). libtcmalloc-minimal4 is the host allocator merg-jax
-# re-executes under (merg_jax/host_allocator.py; its test measures the page faults it removes).
-DEBS := espeak-ng chromium
-LIBS := libtcmalloc-minimal4:libtcmalloc_minimal
+# nbclient (the page, its browser test, the notebook test). tests/test_host_allocator.py measures the page faults
+# tcmalloc removes.
 test:
-	@missing=""; for d in $(DEBS); do command -v $$d >/dev/null 2>&1 || missing="$$missing $$d"; done; \
-	for l in $(LIBS); do ldconfig -p | grep -q "$${l#*:}" || missing="$$missing $${l%%:*}"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y $$missing; \
-	  else echo "note: missing Debian packages:$$missing; install them as root (apt-get install$$missing)"; fi; \
-	fi
+	$(call debs,espeak-ng chromium,$(LIBS))
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[test,demo]'
 	$(PYTHON) -m pytest -q -n 2 --dist loadgroup --durations=30

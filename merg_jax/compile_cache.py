@@ -5,11 +5,11 @@
     MERG_JAX_COMPILATION_CACHE=off ...           # no persistent cache
 
 On CPU a short command spends most of its time compiling: `merg-jax respond` compiles its encoders, the LLM's
-prefill and decode loop and both generators; a resumed training run compiles every stage's step again. JAX can
-keep compiled programs on disk, keyed by the program, the compile options, the devices and the versions, so a
-second process running the same programs loads them instead (the tiny LLM's training step: 3.9 s to compile,
-0.6 s to load). `configure()` sets that up through JAX's environment variables before JAX is imported, unless
-the user set `JAX_COMPILATION_CACHE_DIR` already or turned the cache off:
+prefill and decode loop and both generators; a resumed training run compiles every stage's step again. JAX can keep
+compiled programs on disk, keyed by the program, the compile options, the devices and the versions, so a second
+process running the same programs loads them instead (the first call of the tiny LLM's training step: 3.9 s with
+compilation, 0.6 s with the program loaded). `configure()` sets that up through JAX's environment variables before
+JAX is imported, unless the user set `JAX_COMPILATION_CACHE_DIR` already or turned the cache off:
 
 - the folder: `$XDG_CACHE_HOME/merg_jax/xla` (default `~/.cache/merg_jax/xla`);
 - its size: at most 4 GiB (`JAX_COMPILATION_CACHE_MAX_SIZE`), least recently used programs evicted first.

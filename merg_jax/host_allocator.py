@@ -84,13 +84,14 @@ def allocator_env(environ: Mapping[str, str] = os.environ, *, tcmalloc=_LOOK,
     choice = environ.get(ENV, "auto") or "auto"
     if choice not in CHOICES:
         raise ValueError(f"{ENV}={choice!r}: expected one of {', '.join(CHOICES)}")
-    if choice == "system" or environ.get(_REEXECUTED) or (choice == "auto" and describe(environ) != "glibc"):
+    current = describe(environ)
+    if choice == "system" or environ.get(_REEXECUTED) or (choice == "auto" and current != "glibc"):
         return None
     tcmalloc = find_tcmalloc() if tcmalloc is _LOOK else tcmalloc
     thp = thp_mode() if thp is _LOOK else thp
     env = dict(environ, **{_REEXECUTED: "1"})
     if choice in ("auto", "tcmalloc") and tcmalloc:
-        if describe(environ) == "tcmalloc":
+        if current == "tcmalloc":
             return None
         env["LD_PRELOAD"] = ":".join(p for p in (tcmalloc, environ.get("LD_PRELOAD", "")) if p)
         # tcmalloc reports every allocation over 1 GiB on stderr; a 7B model's buffers are routinely larger.
@@ -103,7 +104,7 @@ def allocator_env(environ: Mapping[str, str] = os.environ, *, tcmalloc=_LOOK,
         raise ValueError(f"{ENV}=tcmalloc, but no tcmalloc library is installed "
                          "(Debian: apt-get install libtcmalloc-minimal4)")
     if thp in ("always", "madvise"):
-        if describe(environ) == "glibc+hugepages":
+        if current == "glibc+hugepages":
             return None
         env["GLIBC_TUNABLES"] = ":".join(p for p in (environ.get("GLIBC_TUNABLES", ""), _HUGEPAGES) if p)
         return env

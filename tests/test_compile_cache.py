@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from merg_jax.compile_cache import JAX_DIR, JAX_MAX_SIZE, MAX_SIZE_BYTES, configure, default_dir
+from tests.cli_probe import run_probe
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -44,7 +45,7 @@ print(json.dumps({"value": float(f(jnp.ones((64, 64)))), "dir": jax.config.jax_c
 
 
 def _child(env: dict) -> dict:
-    r = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -66,12 +67,9 @@ def test_a_second_process_loads_what_the_first_compiled(tmp_path):
 def test_the_command_line_turns_the_cache_on(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in (JAX_DIR, JAX_MAX_SIZE)}
     env.update(XDG_CACHE_HOME=str(tmp_path), PYTHONPATH=str(REPO))
-    probe = ("import os, sys, types; from merg_jax import cli; m = types.ModuleType('probe_mod');"
-             "m.main = lambda rest: print('CACHE', os.environ.get('JAX_COMPILATION_CACHE_DIR')) or 0;"
-             "sys.modules['probe_mod'] = m; cli.COMMANDS['probe'] = ('probe_mod', '');"
-             "sys.argv = ['merg-jax', 'probe']; sys.exit(cli.main())")
-    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and f"CACHE {tmp_path / 'merg_jax' / 'xla'}" in r.stdout, r.stdout + r.stderr
-    r = subprocess.run([sys.executable, "-c", probe], env=dict(env, MERG_JAX_COMPILATION_CACHE="off"),
-                       capture_output=True, text=True, timeout=120)
-    assert "CACHE None" in r.stdout, r.stdout + r.stderr
+    r = run_probe("os.environ.get('JAX_COMPILATION_CACHE_DIR')", env)
+    assert r.returncode == 0 and f"PROBE {tmp_path / 'merg_jax' / 'xla'}" in r.stdout, r.stdout + r.stderr
+    r = run_probe("os.environ.get('JAX_COMPILATION_CACHE_DIR')", dict(env, MERG_JAX_COMPILATION_CACHE="off"))
+    assert "PROBE None" in r.stdout, r.stdout + r.stderr
+    r = run_probe("1", dict(env, MERG_JAX_COMPILATION_CACHE="maybe"))
+    assert r.returncode == 2 and "MERG_JAX_COMPILATION_CACHE='maybe'" in r.stderr, r.stderr

@@ -120,10 +120,6 @@ class StageState:
         return self.params_bytes + self.optimizer_bytes + self.gradient_bytes
 
 
-def total_bytes(self) -> float:
-        return self.params_bytes + self.optimizer_bytes + self.gradient_bytes
-
-
 def path_names(path) -> tuple[str, ...]:
     """A pytree key path as plain names, without the trailing `.value` of an nnx Variable."""
     out = []
