@@ -7,6 +7,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -99,3 +100,20 @@ def test_bench_attention_prints_ours_against_the_peers():
 def test_bench_attention_rejects_bad_flags(capsys):
     assert bench.main(["attention", "--lengths", "12,x"]) == 2
     assert "--lengths" in capsys.readouterr().err
+
+
+def test_interleaved_median_times_takes_the_sides_in_turn():
+    from merg_jax.bench.timing import interleaved_median_times
+
+    calls = []
+
+    def side(name, seconds):
+        def fn():
+            calls.append(name)
+            time.sleep(seconds)
+        return fn
+
+    t = interleaved_median_times({"ours": side("ours", 0.01), "peer": side("peer", 0.03)}, repeats=5)
+    assert calls == ["ours", "peer"] * 5
+    assert set(t) == {"ours", "peer"}
+    assert 0.01 <= t["ours"] < 0.02 and 0.03 <= t["peer"] < 0.05, t

@@ -1,6 +1,6 @@
 """`merg-jax bench llm`: our LLM against Hugging Face PyTorch `LlamaForCausalLM`, identical weights and shapes.
 
-    merg-jax bench llm [--config configs/tiny.py] [--batch 8] [--seq-len 128] [--steps 5] [--repeats 3]
+    merg-jax bench llm [--config configs/tiny.py] [--batch 8] [--seq-len 128] [--steps 5] [--repeats 5]
                        [--decode-batches 1,8] [--decode-tokens 32] [--prompt-len 16] [--json FILE]
                        [--config.model.num_layers=2 ...]
 
@@ -15,7 +15,8 @@ Each number for ours and the peer in one run:
 Ours is built from the config; its weights are exported with `save_hf_llama` and loaded by
 `LlamaForCausalLM.from_pretrained`, so both run the same function (the run prints the largest logit
 difference and how many greedy tokens agree). Warm-up (JAX compilation, first PyTorch calls) is excluded; each
-number is the median over `repeats` timed repeats. PyTorch keeps its default thread count.
+number is the median over `repeats` timed repeats, ours and the peer's taken in turn (round by round) so that a
+slow spell of the shared machine lands on both sides. PyTorch keeps its default thread count.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     llm.add_argument("--batch", type=int, default=8, help="batch size of both measurements (default %(default)s)")
     llm.add_argument("--seq-len", type=int, default=128, help="training sequence length (default %(default)s)")
     llm.add_argument("--steps", type=int, default=5, help="training steps per timed repeat (default %(default)s)")
-    llm.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default %(default)s)")
+    llm.add_argument("--repeats", type=int, default=5,
+                     help="timed repeats, ours and the peer's in turn; the median is reported (default %(default)s)")
     llm.add_argument("--decode-tokens", type=int, default=32, help="new tokens per decode (default %(default)s)")
     llm.add_argument("--prompt-len", type=int, default=16, help="prompt length for decoding (default %(default)s)")
     llm.add_argument("--decode-batches", default="1,8",
@@ -58,7 +60,7 @@ def train_flops_per_token(cfg, seq_len: int) -> float:
     return 6.0 * n + 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
 
 
-def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, repeats: int = 3,
+def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, repeats: int = 5,
               decode_batches: tuple[int, ...] = (1, 8), decode_tokens: int = 32, prompt_len: int = 16,
               seed: int = 0) -> dict:
     """Runs both sides; returns the numbers (tokens/s, MFU, checks, shapes) as a dict."""
@@ -71,7 +73,7 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
 
     from merg_jax import host_allocator
     from merg_jax.bench.peak import matmul_peak
-    from merg_jax.bench.timing import median_time
+    from merg_jax.bench.timing import interleaved_median_times
     from merg_jax.config import llm_config
     from merg_jax.convert import save_hf_llama
     from merg_jax.infer import generate
@@ -123,25 +125,14 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
 
         with jax.set_mesh(mesh):
             ours_tokens = np.asarray(ours_decode())  # warm-up: compiles
-            t_ours = median_time(ours_decode, repeats)
-        peer_tokens = peer_decode()[:, prompt_len:].numpy()  # warm-up
-        t_peer = median_time(peer_decode, repeats)
+            peer_tokens = peer_decode()[:, prompt_len:].numpy()  # warm-up
+            t = interleaved_median_times({"ours": ours_decode, "peer": peer_decode}, repeats)
+        t_ours, t_peer = t["ours"], t["peer"]
         agree += int((ours_tokens == peer_tokens).sum()) if ours_tokens.shape == peer_tokens.shape else 0
         total += int(ours_tokens.size)
         decode[b] = {"ours": b * decode_tokens / t_ours, "peer": b * decode_tokens / t_peer}
 
     # Training steps.
-    with jax.set_mesh(mesh):
-        optimizer = nnx.Optimizer(model, make_optimizer(tc), wrt=nnx.Param)
-
-        def ours_train():
-            for _ in range(steps):
-                jax.block_until_ready(train_step(model, optimizer, jbatch))
-
-        jax.block_until_ready(train_step(model, optimizer, jbatch))  # warm-up: compiles
-        jax.block_until_ready(train_step(model, optimizer, jbatch))
-        t_ours_train = median_time(ours_train, repeats) / steps
-
     peer.train()
     opt = torch.optim.AdamW(peer.parameters(), lr=float(tc["learning_rate"]), betas=(tc["b1"], tc["b2"]),
                             eps=1e-8, weight_decay=float(tc["weight_decay"]))
@@ -162,9 +153,18 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
         for _ in range(steps):
             peer_step()
 
-    peer_step()  # warm-up
-    peer_step()
-    t_peer_train = median_time(peer_train, repeats) / steps
+    with jax.set_mesh(mesh):
+        optimizer = nnx.Optimizer(model, make_optimizer(tc), wrt=nnx.Param)
+
+        def ours_train():
+            for _ in range(steps):
+                jax.block_until_ready(train_step(model, optimizer, jbatch))
+
+        for _ in range(2):  # warm-up: compiles; first PyTorch calls
+            jax.block_until_ready(train_step(model, optimizer, jbatch))
+            peer_step()
+        t = interleaved_median_times({"ours": ours_train, "peer": peer_train}, repeats)
+    t_ours_train, t_peer_train = t["ours"] / steps, t["peer"] / steps
 
     peak = matmul_peak()  # after both sides ran: the same machine state, the same run
     flops_per_token = train_flops_per_token(cfg, seq_len)
@@ -189,8 +189,8 @@ def format_report(r: dict, *, config_name: str, cfg, args) -> str:
         f"{cfg.num_layers} layers, vocab {cfg.vocab_size}, {cfg.dtype})",
         f"train: batch {args.batch} x {args.seq_len} tokens, forward+backward+clip+AdamW | decode: batch "
         f"{args.decode_batches}, prompt {args.prompt_len} + {args.decode_tokens} new tokens, greedy, KV cache",
-        f"median of {args.repeats} repeats ({args.steps} train steps each), warm-up excluded | jax "
-        f"{r['jax_version']} ({r['jax_backend']}), torch {r['torch_version']} ({r['torch_threads']} threads), "
+        f"median of {args.repeats} repeats, ours and peer in turn ({args.steps} train steps each), warm-up excluded "
+        f"| jax {r['jax_version']} ({r['jax_backend']}), torch {r['torch_version']} ({r['torch_threads']} threads), "
         f"allocator {r['allocator']}",
         f"same weights: max |logits ours - peer| = {r['max_logit_diff']:.2e}, greedy tokens equal "
         f"{r['greedy_agree']}/{r['greedy_total']}",
