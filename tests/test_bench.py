@@ -116,4 +116,5 @@ def test_interleaved_median_times_takes_the_sides_in_turn():
     t = interleaved_median_times({"ours": side("ours", 0.01), "peer": side("peer", 0.03)}, repeats=5)
     assert calls == ["ours", "peer"] * 5
     assert set(t) == {"ours", "peer"}
-    assert 0.01 <= t["ours"] < 0.02 and 0.03 <= t["peer"] < 0.05, t
+    # Medians of sleeps: at least the sleep, and well under the other side's (a loaded machine oversleeps a little).
+    assert 0.01 <= t["ours"] < 0.025 and 0.03 <= t["peer"] < 0.06, t

@@ -33,8 +33,9 @@ def interleaved_median_times(fns: dict[str, Callable[[], object]], repeats: int)
     """Median seconds per call of each function, timed in `repeats` rounds that call every function once, in turn.
 
     For a ratio of two sides on a shared machine: a slow spell of the machine lands on both sides of the rounds
-    it covers instead of on whichever side happened to be timed then (four runs of the tiny LLM's training,
-    timed side after side on this project's 2-core VM: the peer's tokens/s 12,061-16,960, the ratio 0.92-1.29).
+    it covers instead of on whichever side happened to be timed then (four runs of the tiny LLM's training, timed
+    side after side on this project's 2-core VM: the peer's tokens/s 12,061-16,960; the ratio 1.10 and 0.92 for one
+    version of ours, 1.09 and 1.29 for another).
     Let each function run a block of several steps: switching sides costs the first step of a block (a thread
     pool waking cold, the other side's threads still spinning: why `bench encoders` and `bench speech`, which
     alternated single calls, time each side in one block), and both sides pay it.
