@@ -21,7 +21,7 @@ from merg_jax.kernels import attention
 from merg_jax.models.kv_cache import KVCache
 from merg_jax.models.layers import Dense, Embed, RMSNorm
 from merg_jax.models.llm_config import LlmConfig
-from merg_jax.models.rope import apply_rope, inverse_frequencies
+from merg_jax.models.rope import apply_rope, inverse_frequencies, rope_tables
 from merg_jax.sharding import constrain
 
 _REMAT = {
@@ -35,7 +35,8 @@ _REMAT = {
 class MaskContext:
     """What every layer needs to build its attention mask and rotate its q/k."""
 
-    rope_positions: Int[Array, "B L"]
+    rope_cos: Float[Array, "B L 1 K"]  # `rope_tables` of the RoPE positions, made once per forward
+    rope_sin: Float[Array, "B L 1 K"]
     q_segment_ids: Int[Array, "B L"] | None
     kv_segment_ids: Int[Array, "B S"] | None
     q_span_ids: Int[Array, "B L"] | None
@@ -60,15 +61,15 @@ class Attention(nnx.Module):
         self.v_proj = _dense(cfg, "v", d, kv, ("embed", "kv_heads"), b, rngs)
         self.o_proj = _dense(cfg, "o", q, d, ("q_heads", "embed"), b, rngs)
 
-    def __call__(self, x: Float[Array, "B L D"], ctx: MaskContext, inv_freq, cache_kv=None, rngs=None):
+    def __call__(self, x: Float[Array, "B L D"], ctx: MaskContext, cache_kv=None, rngs=None):
         cfg = self.cfg
         bsz, length, _ = x.shape
         r = [None] * 4 if rngs is None else list(jax.random.split(rngs, 4))
         q = self.q_proj(x, dropout_rng=r[0]).reshape(bsz, length, cfg.num_heads, cfg.head_dim)
         k = self.k_proj(x, dropout_rng=r[1]).reshape(bsz, length, cfg.num_kv_heads, cfg.head_dim)
         v = self.v_proj(x, dropout_rng=r[2]).reshape(bsz, length, cfg.num_kv_heads, cfg.head_dim)
-        q = constrain(apply_rope(q, ctx.rope_positions, inv_freq), ("batch", "length", "act_heads", None))
-        k = constrain(apply_rope(k, ctx.rope_positions, inv_freq), ("batch", "length", "act_kv_heads", None))
+        q = constrain(apply_rope(q, ctx.rope_cos, ctx.rope_sin), ("batch", "length", "act_heads", None))
+        k = constrain(apply_rope(k, ctx.rope_cos, ctx.rope_sin), ("batch", "length", "act_kv_heads", None))
         v = constrain(v, ("batch", "length", "act_kv_heads", None))
         if cache_kv is not None:
             k_cache, v_cache = cache_kv
@@ -107,9 +108,9 @@ class Block(nnx.Module):
         self.post_attention_norm = RMSNorm(cfg.hidden_size, **kw)
         self.mlp = Mlp(cfg, rngs=rngs)
 
-    def __call__(self, x, ctx: MaskContext, inv_freq, cache_kv=None, rngs=None):
+    def __call__(self, x, ctx: MaskContext, cache_kv=None, rngs=None):
         r = (None, None) if rngs is None else tuple(jax.random.split(rngs))
-        h, cache_kv = self.attn(self.input_norm(x), ctx, inv_freq, cache_kv, r[0])
+        h, cache_kv = self.attn(self.input_norm(x), ctx, cache_kv, r[0])
         x = x + h
         x = x + self.mlp(self.post_attention_norm(x), r[1])
         return constrain(x, ("batch", "length", "act_embed")), cache_kv
@@ -188,8 +189,7 @@ class Llm(nnx.Module):
             spans = jnp.zeros((bsz, length), jnp.int32) if span_ids is None else span_ids
             cache = cache.write_mask_ids(seg, spans)
             ctx = dataclasses.replace(ctx, kv_segment_ids=cache.segment_ids, kv_span_ids=cache.span_ids)
-        inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_llama3_scaling)
-        x, new_kv = self._run_layers(x, ctx, inv_freq, cache, dropout_rng, layers)
+        x, new_kv = self._run_layers(x, ctx, cache, dropout_rng, layers)
         if cache is not None:
             cache = dataclasses.replace(cache, k=new_kv[0], v=new_kv[1], index=cache.index + length)
         hidden = self.final_norm(x)
@@ -199,17 +199,24 @@ class Llm(nnx.Module):
             logits = constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
         return LlmOutput(logits=logits, hidden=hidden, cache=cache)
 
+    def _rope_tables(self, positions: Int[Array, "B L"]) -> dict[str, Float[Array, "B L 1 K"]]:
+        cfg = self.cfg
+        inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_llama3_scaling)
+        cos, sin = rope_tables(positions, inv_freq, cfg.compute_dtype)
+        names = ("batch", "length", None, None)
+        return dict(rope_cos=constrain(cos, names), rope_sin=constrain(sin, names))
+
     def _mask_context(self, bsz, length, positions, segment_ids, span_ids, cache) -> MaskContext:
         if cache is None:
             rope = jnp.broadcast_to(jnp.arange(length), (bsz, length)) if positions is None else positions
-            return MaskContext(rope_positions=rope, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
+            return MaskContext(**self._rope_tables(rope), q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
                                q_span_ids=span_ids, kv_span_ids=span_ids, q_positions=None, kv_positions=None,
                                cache_index=None)
         slots = cache.index + jnp.arange(length)
         rope = jnp.broadcast_to(slots, (bsz, length)) if positions is None else positions
         seg = jnp.ones((bsz, length), jnp.int32) if segment_ids is None else segment_ids
         spans = jnp.zeros((bsz, length), jnp.int32) if span_ids is None else span_ids
-        return MaskContext(rope_positions=rope, q_segment_ids=seg, kv_segment_ids=None, q_span_ids=spans,
+        return MaskContext(**self._rope_tables(rope), q_segment_ids=seg, kv_segment_ids=None, q_span_ids=spans,
                            kv_span_ids=None, q_positions=jnp.broadcast_to(slots, (bsz, length)),
                            kv_positions=jnp.broadcast_to(jnp.arange(cache.max_length), (bsz, cache.max_length)),
                            cache_index=cache.index)
@@ -225,7 +232,7 @@ class Llm(nnx.Module):
         return tuple(nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], params))
                      for i in range(self.cfg.num_layers))
 
-    def _run_layers(self, x, ctx, inv_freq, cache, dropout_rng, layers=None):
+    def _run_layers(self, x, ctx, cache, dropout_rng, layers=None):
         cfg = self.cfg
         graphdef, params = nnx.split(self.layers)
         rngs = None if dropout_rng is None else jax.random.split(dropout_rng, cfg.num_layers)
@@ -233,7 +240,7 @@ class Llm(nnx.Module):
 
         def body(h, xs):
             layer_params, layer_kv, layer_rng = xs
-            return nnx.merge(graphdef, layer_params)(h, ctx, inv_freq, layer_kv, layer_rng)
+            return nnx.merge(graphdef, layer_params)(h, ctx, layer_kv, layer_rng)
 
         per_layer_cache = kv is not None and isinstance(kv[0], tuple)
         if layers is None and cfg.remat != "none":  # pre-sliced layers run in decode: nothing is differentiated
@@ -245,7 +252,7 @@ class Llm(nnx.Module):
             layer_kv = None if kv is None else (kv[0][i], kv[1][i])
             layer_rng = None if rngs is None else rngs[i]
             if layers is not None:
-                x, layer_kv = layers[i](x, ctx, inv_freq, layer_kv, layer_rng)
+                x, layer_kv = layers[i](x, ctx, layer_kv, layer_rng)
             else:
                 x, layer_kv = body(x, (jax.tree.map(lambda a, i=i: a[i], params), layer_kv, layer_rng))
             outs.append(layer_kv)
