@@ -48,6 +48,19 @@ def test_xla_counts_a_matmul_exactly_and_a_scanned_layer_once():
     assert while_loops(compiled) == 1
     assert xla_flops(compiled) < 1.01 * 2 * m * k * k  # one layer's, not four
 
+    # A loop without a matrix product (the RoPE table writer's kind) is not one that leaves the count short;
+    # the product inside a nested loop is found through the outer loop's body.
+    def elementwise(x):
+        return jax.lax.fori_loop(0, 4, lambda i, h: jnp.cos(h) * i, x)
+
+    compiled = jax.jit(elementwise).lower(jnp.ones((m, k))).compile()
+    assert " while(" in compiled.as_text() and while_loops(compiled) == 0
+
+    def nested(x, ws):
+        return jax.lax.fori_loop(0, 2, lambda i, h: jnp.tanh(layers(h, ws)), x)
+
+    assert while_loops(jax.jit(nested).lower(jnp.ones((m, k)), jnp.ones((4, k, k))).compile()) == 2
+
 
 def test_unrolled_turns_off_every_scan_of_the_model_config():
     from merg_jax.models.empatheia import EmpatheiaConfig
@@ -97,7 +110,7 @@ def test_bench_empatheia_times_the_stage_steps_with_xla_flops_and_mfu(tmp_path, 
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["step_s"])
         assert r["mfu"] == pytest.approx(r["flops"] / r["step_s"] / peak["peak"])
         assert r["mfu"] < 1.5  # above the machine's own matmul peak would mean a wrong count
-        # the LLM scans its layers: the count comes from the unrolled twin, which has no loop left
+        # the LLM scans its layers: the count comes from the unrolled twin, which has no loop of matmuls left
         assert r["flops_from"] == "unrolled twin" and r["loops_left"] == 0
         step_ms, tokens_s, gflop, _, mfu = rows[name]
         assert float(step_ms) == pytest.approx(r["step_s"] * 1e3, rel=1e-3)
