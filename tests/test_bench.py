@@ -59,6 +59,18 @@ def test_bench_llm_prints_ours_peer_and_ratio(tmp_path):
         assert report["train_mfu"][side] == pytest.approx(mfu)
         assert 0 < mfu < 1.5  # a rate above the machine's own matmul peak would mean a wrong count
     assert set(report["decode_tokens_per_s"]) == {"1", "3"}
+    # The matmul floor: the step's products (every weight's three and the attention's six), each timed alone. Its
+    # FLOPs are PaLM's count less the RMSNorm scales' (no product); both real steps of the run lie above it.
+    floor = report["train_matmul_floor"]
+    norms = 2 * d + d
+    assert floor["flops"] == (report["train_flops_per_token"] - 6 * norms) * 2 * t
+    assert sum(p["count"] for p in floor["products"]) == 3 * (7 + 1) + 6
+    assert floor["seconds"] == pytest.approx(sum(p["seconds_each"] * p["count"] for p in floor["products"]))
+    for side in ("ours", "peer"):
+        step_s = 2 * t / report["train_tokens_per_s"][side]
+        assert floor[f"{side}_step_over_floor"] == pytest.approx(step_s / floor["seconds"])
+        assert floor[f"{side}_step_over_floor"] > 1, floor
+    assert re.search(r"matmul floor: the step's \d+ distinct products", r.stdout), r.stdout
 
 
 def test_bench_without_torch_says_so_and_exits_2(monkeypatch, capsys):

@@ -9,6 +9,8 @@ Each number for ours and the peer in one run:
   random tokens, next-token cross-entropy over every position; and each side's model-FLOPs utilisation (MFU):
   `train_flops_per_token · tokens/s / peak`, where the peak is the best float32 matmul rate of JAX and PyTorch
   measured in the same run (`merg_jax.bench.peak`) and the FLOPs are PaLM's count (`train_flops_per_token`);
+  and the step's matmul floor (`merg_jax.bench.matmul_floor`): its products, each timed alone at its fastest,
+  summed — how far above it each side's step runs, and so the highest ratio any implementation could reach;
 - decode tokens/s, at each of `--decode-batches`: greedy generation with a KV cache of `decode_tokens` new
   tokens after a `prompt_len` prompt, prefill included, `batch × decode_tokens / time`.
 
@@ -72,6 +74,7 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
     from transformers import LlamaForCausalLM
 
     from merg_jax import host_allocator
+    from merg_jax.bench.matmul_floor import matmul_floor
     from merg_jax.bench.peak import matmul_peak
     from merg_jax.bench.timing import interleaved_median_times
     from merg_jax.config import llm_config
@@ -167,12 +170,15 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
     t_ours_train, t_peer_train = t["ours"] / steps, t["peer"] / steps
 
     peak = matmul_peak()  # after both sides ran: the same machine state, the same run
+    floor = matmul_floor(cfg, batch, seq_len)
     flops_per_token = train_flops_per_token(cfg, seq_len)
     train = {"ours": batch * seq_len / t_ours_train, "peer": batch * seq_len / t_peer_train}
     return {
         "train_tokens_per_s": train,
         "train_mfu": {side: tps * flops_per_token / peak["peak"] for side, tps in train.items()},
         "train_flops_per_token": flops_per_token, "matmul_peak_flops": peak,
+        "train_matmul_floor": {**floor, "ours_step_over_floor": t_ours_train / floor["seconds"],
+                               "peer_step_over_floor": t_peer_train / floor["seconds"]},
         "decode_tokens_per_s": {str(b): v for b, v in decode.items()},
         "max_logit_diff": max_logit_diff, "greedy_agree": agree, "greedy_total": total,
         "num_params": cfg.num_params(), "torch_threads": torch.get_num_threads(),
@@ -182,7 +188,7 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
 
 
 def format_report(r: dict, *, config_name: str, cfg, args) -> str:
-    peak = r["matmul_peak_flops"]
+    peak, floor = r["matmul_peak_flops"], r["train_matmul_floor"]
     torch_peak = "n/a" if peak["torch"] is None else f"{peak['torch'] / 1e9:,.0f}"
     lines = [
         f"merg-jax bench llm | {config_name}: {r['num_params']:,} parameters (hidden {cfg.hidden_size}, "
@@ -196,6 +202,10 @@ def format_report(r: dict, *, config_name: str, cfg, args) -> str:
         f"{r['greedy_agree']}/{r['greedy_total']}",
         f"matmul peak ({peak['n']}^2 {peak['dtype']}, same run): jax {peak['jax'] / 1e9:,.0f} GFLOP/s, torch "
         f"{torch_peak} GFLOP/s; train FLOPs per token {r['train_flops_per_token'] / 1e6:,.1f} M (6N + attention)",
+        f"matmul floor: the step's {len(floor['products'])} distinct products ({floor['flops'] / 1e9:,.2f} GFLOP), "
+        f"each timed alone at its fastest of JAX/PyTorch and 8 layouts, take {floor['seconds'] * 1e3:,.1f} ms; "
+        f"steps over it: ours {floor['ours_step_over_floor']:.2f}x, peer {floor['peer_step_over_floor']:.2f}x "
+        f"(no step with these products beats the peer by more than {floor['peer_step_over_floor']:.2f}x)",
         "",
         f"{'metric':<22}{'ours (JAX)':>14}{'peer (HF torch)':>18}{'ours/peer':>12}",
     ]
