@@ -7,8 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from merg_jax.bench.matmul_floor import (Product, jax_matmul, layouts, stored_shapes, torch_matmul,
-                                         train_products)
+from merg_jax.bench.matmul_floor import Product, jax_matmul, layouts, stored_shapes, torch_matmul, train_products
 from merg_jax.models.llm_config import LlmConfig
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
