@@ -226,10 +226,15 @@ def test_bench_respond_and_the_gpu_check_report(trained_run, mini_root, tmp_path
 
     run, _ = trained_run
     folder = tmp_path / "check"
+    # the reply as `merg-jax respond --face-from speech` makes it: the avatar driven by reply.wav
     assert bench(["respond", "--checkpoint", str(run), "--dialogue", str(mini_root / "test.json"), "--repeats", "1",
-                  "--out", str(tmp_path / "reply"), "--markdown", str(folder / "respond.md"), "--json",
-                  str(folder / "respond.json")]) == 0
+                  "--face-from", "speech", "--out", str(tmp_path / "reply"), "--markdown", str(folder / "respond.md"),
+                  "--json", str(folder / "respond.json")]) == 0
     figures = json.loads((folder / "respond.json").read_text())
+    reply = json.loads((tmp_path / "reply" / "reply.json").read_text())
+    assert figures["face_from"] == reply["video"]["from"] == "speech"
+    assert figures["speech_from"] == reply["speech"]["from"] == "content"
+    assert "speech from content, face from speech" in (folder / "respond.md").read_text()
     first, warm = figures["first"], figures["warm"]
     assert first["total"] > 2 * warm["total"]  # the first call compiles, the second reuses the programs
     assert sum(warm[s] for s in ("read", "reply", "speech", "video")) == pytest.approx(warm["total"], rel=0.05)

@@ -1,7 +1,8 @@
 """`merg-jax bench respond`: how long one reply takes — text, reply.wav and reply.mp4 — split by stage.
 
     merg-jax bench respond --checkpoint DIR --dialogue FILE.json [--media-root DIR] [--repeats 3]
-                           [--out DIR] [--markdown FILE] [--json FILE]
+                           [--speech-from content|text] [--face-from content|speech] [--style-from sd|label]
+                           [--emotion E] [--portrait IMG] [--out DIR] [--markdown FILE] [--json FILE]
 
 One `Responder` answers the dialogue `1 + repeats` times: the first call compiles its programs, the others show
 the warm latency (their median per stage; `Responder.timings` gives each call's stages). The real-time factor is
@@ -26,7 +27,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="training output directory or bundle")
     p.add_argument("--dialogue", required=True, help="dialogue JSON (AvaMERG schema)")
     p.add_argument("--media-root", default=None, help="folder of the dialogue's wav/mp4 files")
-    p.add_argument("--portrait", default=None, help="the avatar's image (default: the listener profile's)")
+    from merg_jax.infer.respond_cli import add_rendering_args
+
+    add_rendering_args(p)  # the reply timed as `merg-jax respond` would make it with the same flags
     p.add_argument("--repeats", type=int, default=3, help="warm calls after the first (default %(default)s)")
     p.add_argument("--out", default=None, help="where the replies go (default: a temporary folder)")
     p.add_argument("--markdown", default=None, help="also write the table to this file")
@@ -71,7 +74,8 @@ def run(args, rest: list[str], parser: argparse.ArgumentParser) -> int:
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     try:
-        responder = Responder(load_model(args.checkpoint), portrait=args.portrait)
+        responder = Responder(load_model(args.checkpoint), speech_from=args.speech_from, face_from=args.face_from,
+                              portrait=args.portrait, style_from=args.style_from, emotion=args.emotion)
         with tempfile.TemporaryDirectory() as tmp:
             out = pathlib.Path(args.out or tmp)
             figures = measure(responder, args.dialogue, repeats=args.repeats, out=out, media_root=args.media_root)
@@ -81,7 +85,9 @@ def run(args, rest: list[str], parser: argparse.ArgumentParser) -> int:
     device = jax.devices()[0].device_kind
     text = format_markdown(figures, header=f"One reply from {args.checkpoint} on {device} ({jax.default_backend()}, "
                                            f"jax {jax.__version__}, allocator {describe()}, "
-                                           f"{args.repeats} warm calls)")
+                                           f"{args.repeats} warm calls; speech from {args.speech_from}, face "
+                                           f"from {args.face_from}, style from {args.style_from})")
+    figures.update(speech_from=args.speech_from, face_from=args.face_from, style_from=args.style_from)
     print(text)
     for path, payload in ((args.markdown, text), (args.json, json.dumps(figures, indent=2) + "\n")):
         if path:
