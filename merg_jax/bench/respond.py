@@ -18,6 +18,8 @@ import statistics
 import sys
 import tempfile
 
+from merg_jax.reply_rendering import add_rendering_args
+
 STAGES = ("read", "reply", "speech", "video", "total")
 
 
@@ -27,8 +29,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="training output directory or bundle")
     p.add_argument("--dialogue", required=True, help="dialogue JSON (AvaMERG schema)")
     p.add_argument("--media-root", default=None, help="folder of the dialogue's wav/mp4 files")
-    from merg_jax.infer.respond_cli import add_rendering_args
-
     add_rendering_args(p)  # the reply timed as `merg-jax respond` would make it with the same flags
     p.add_argument("--repeats", type=int, default=3, help="warm calls after the first (default %(default)s)")
     p.add_argument("--out", default=None, help="where the replies go (default: a temporary folder)")

@@ -62,6 +62,7 @@ import numpy as np
 
 from merg_jax.infer.bundle import LoadedModel, load_model
 from merg_jax.labels import EMOTIONS_7
+from merg_jax.reply_rendering import FACE_FROM, SPEECH_FROM, STYLE_FROM
 
 log = logging.getLogger(__name__)
 
@@ -341,11 +342,6 @@ def stretch(x: np.ndarray, n: int) -> np.ndarray:
     hi = np.minimum(lo + 1, len(x) - 1)
     w = (pos - lo)[:, None]
     return (1 - w) * x[lo] + w * x[hi]
-
-
-SPEECH_FROM = ("content", "text")
-FACE_FROM = ("content", "speech")
-STYLE_FROM = ("sd", "label")
 
 
 def respond(checkpoint: str | os.PathLike | LoadedModel, dialogue: str | os.PathLike, *,

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from merg_jax.infer.respond import FACE_FROM, SPEECH_FROM, STYLE_FROM
+from merg_jax.reply_rendering import add_rendering_args
 
 PROG = "merg-jax respond"
 
@@ -33,24 +33,6 @@ def _parser() -> argparse.ArgumentParser:
     add_rendering_args(p)
     p.add_argument("--out", required=True, help="output directory (reply.json, reply.wav, reply.mp4)")
     return p
-
-
-def add_rendering_args(p: argparse.ArgumentParser) -> None:
-    """The flags that choose how a reply is voiced and animated (`Responder`'s keyword arguments of the same names):
-    `merg-jax respond`'s, and `merg-jax bench respond`'s, which times the same choices."""
-    p.add_argument("--speech-from", default="content", choices=SPEECH_FROM,
-                   help="reply.wav from the Content Synchronizer's C^s (the paper; default) or from the reply text, "
-                        "both in the Style Disentangler's style S^s")
-    p.add_argument("--face-from", default="content", choices=FACE_FROM,
-                   help="reply.mp4 driven by the Content Synchronizer's C^v (the paper; default) or by reply.wav, "
-                        "both in the Style Disentangler's style S^v")
-    p.add_argument("--style-from", default="sd", choices=STYLE_FROM,
-                   help="voice and face in the Style Disentangler's styles S^s, S^v (the paper; default) or in the "
-                        "generators' label style of the reply's emotion (written, heard and seen agree)")
-    p.add_argument("--emotion", default=None,
-                   help="render voice and face in this emotion (one of the 7, or of the 32), whatever the model chose")
-    p.add_argument("--portrait", default=None,
-                   help="the avatar's image (default: avatars/{ID}.png of the listener profile under the media root)")
 
 
 def main(argv: list[str] | None = None) -> int:
