@@ -50,3 +50,16 @@ def test_the_step_products_are_palms_count_by_hand():
     attention = [p for p in products if p.name.startswith("attention")]
     assert {(p.m, p.k, p.n, p.batch, p.count) for p in attention} == {
         (length, hd, length, b * h, 2 * layers), (length, length, hd, b * h, 4 * layers)}
+
+
+def test_causal_query_blocks_take_a_quarter_off_the_attention_products():
+    # from 128 tokens the causal core runs 2 query blocks: the second meets every key, the first only its own half
+    cfg = LlmConfig(vocab_size=300, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=2, head_dim=32,
+                    intermediate_size=128, max_position_embeddings=512)
+    b, length, h, hd, layers = 1, 256, 2, 32, 2
+    attention = [p for p in train_products(cfg, b, length) if p.name.startswith("attention")]
+    palm = 12 * layers * h * hd * length * (b * length)
+    assert sum(p.flops for p in attention) == palm * 3 / 4
+    assert {(p.m, p.k, p.n, p.count) for p in attention} == {
+        (128, hd, 128, 2 * layers), (128, 128, hd, 4 * layers),   # block 1: 128 queries x 128 keys
+        (128, hd, 256, 2 * layers), (128, 256, hd, 2 * layers), (256, 128, hd, 2 * layers)}  # block 2

@@ -7,7 +7,10 @@ A training step on T = batch·seq_len tokens runs, for every projection W of `D_
 down in each layer; the LM head once), three products: the forward `X·W` (T×D_in by D_in×D_out), the input
 gradient `dY·Wᵀ` and the weight gradient `Xᵀ·dY`; and in each layer, for every (batch row, head), the attention's
 two forward products (scores `Q·Kᵀ`, values `P·V`) and four backward ones (`dO·Vᵀ`, `Pᵀ·dO`, `dS·K`, `dSᵀ·Q`).
-Their FLOPs are PaLM's count that `bench llm` divides by (6N + 12·layers·heads·head_dim·seq_len per token).
+Below 128 tokens their FLOPs are PaLM's count that `bench llm` divides by (6N + 12·layers·heads·head_dim·seq_len
+per token); from 128 on, the causal core cuts the queries into blocks that each meet only the keys before their
+end (`merg_jax.kernels.dense.causal_query_block`; PyTorch's flash kernel skips masked blocks too), and the floor
+lists the attention products of those blocks: a quarter fewer at 2 blocks.
 
 `matmul_floor` times each distinct product on its own — float32, best of `repeats` after a warm-up, in JAX and in
 PyTorch, in every operand layout (each operand stored as is or transposed, and the output either way round) —
@@ -56,10 +59,16 @@ def train_products(cfg, batch: int, seq_len: int) -> list[Product]:
         products += [Product(f"{name} forward", t, d_in, d_out, count=count),
                      Product(f"{name} input grad", t, d_out, d_in, count=count),
                      Product(f"{name} weight grad", d_in, t, d_out, count=count)]
-    bh, length, k = batch * cfg.num_heads, seq_len, cfg.head_dim
-    # scores Q·Kᵀ and dP = dO·Vᵀ (L×K by K×L); values P·V, dQ = dS·K, dV = Pᵀ·dO, dK = dSᵀ·Q (L×L by L×K)
-    products += [Product("attention L x K x L", length, k, length, bh, 2 * layers),
-                 Product("attention L x L x K", length, length, k, bh, 4 * layers)]
+    from merg_jax.kernels.dense import causal_query_block  # here: importing kernels imports JAX
+
+    bh, k = batch * cfg.num_heads, cfg.head_dim
+    block = causal_query_block(seq_len)
+    for start in range(0, seq_len, block):  # each query block (rows) against the keys before its end
+        rows, keys = min(block, seq_len - start), min(start + block, seq_len)
+        # scores Q·Kᵀ and dP = dO·Vᵀ; values P·V and dQ = dS·K; dV = Pᵀ·dO and dK = dSᵀ·Q
+        products += [Product(f"attention {rows} x K x {keys}", rows, k, keys, bh, 2 * layers),
+                     Product(f"attention {rows} x {keys} x K", rows, keys, k, bh, 2 * layers),
+                     Product(f"attention {keys} x {rows} x K", keys, rows, k, bh, 2 * layers)]
     merged: dict[tuple, Product] = {}
     for p in products:  # the same shape under several names is timed once
         key = (p.m, p.k, p.n, p.batch)
