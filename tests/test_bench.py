@@ -106,7 +106,10 @@ def test_bench_attention_prints_ours_against_the_peers():
     # at L=2048 the naive programs' score matrix (16 MiB) exceeds the 5 MiB budget: compiled and measured, not
     # run; the blockwise kernel's temporaries fit, so it runs
     assert rows[3][2] != "not" and rows[4][2:4] == ["not", "run"] and rows[5][2:4] == ["not", "run"], r.stdout
-    assert "xla L=2048 fwd: needs 32 MiB" in r.stdout
+    needs = {m.group(1): int(m.group(2)) for m in re.finditer(r"(\w+) L=2048 fwd: needs (\d+) MiB", r.stdout)}
+    # the reference holds the whole 2048² score matrix (16 MiB) and its probabilities; the dense core cuts causal
+    # queries into 128-row blocks, each against the keys before its end: less, but still over the budget
+    assert needs["reference"] >= 32 and 5 < needs["xla"] < needs["reference"], r.stdout
 
 
 def test_bench_attention_rejects_bad_flags(capsys):
