@@ -73,10 +73,7 @@ def attention(
     if impl == "auto":
         impl = auto_impl(lq, k.shape[1])
     if impl == "xla":
-        # Known statically here, not from the mask arrays: positions are the index unless given.
-        causal_prefix = (causal and q_positions is None and kv_positions is None and q_span_ids is None
-                         and kv_span_ids is None and lq == k.shape[1])
-        return dense_attention(q, k, v, info, scale, causal_prefix)
+        return dense_attention(q, k, v, info, scale)
     if impl == "blockwise":
         return blockwise_attention(q, k, v, info, scale, block_sizes)
     if impl in _KERNEL_PLATFORM:

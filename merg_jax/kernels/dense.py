@@ -14,8 +14,8 @@
 
 P is saved (float32), so the memory is the autodiff one.
 
-**Causal query blocks.** When the caller knows the mask is the plain causal one in sequence order
-(`causal_prefix=True`: positions are the index, no spans, Lq = Lk), a block of queries ending at row e sees no
+**Causal query blocks.** When the mask is the plain causal one in sequence order (`info.causal` and
+`info.in_order`: positions are the index, no spans, Lq = Lk), a block of queries ending at row e sees no
 key at or after e. The queries are cut into blocks of `causal_query_block(L)` rows and each block attends only
 to the keys before its end: 2 blocks skip a quarter of the score matrix, 8 blocks nearly half. Every block is
 the same rows-layout program; the key/value gradients of the blocks add up through the slices.
@@ -46,30 +46,23 @@ def causal_query_block(length: int) -> int:
 
 
 def dense_attention(q: Float[Array, "B Lq H D"], k: Float[Array, "B Lk Hk D"], v: Float[Array, "B Lk Hk Dv"],
-                    info: MaskInfo, scale: float, causal_prefix: bool = False) -> Float[Array, "B Lq H Dv"]:
-    """softmax(q·kᵀ·scale, masked)·v with grouped heads; fully masked rows give exactly zero.
-
-    causal_prefix: the mask is causal in sequence order (positions = index, no span ids, Lq = Lk), so a block
-    of queries needs only the keys before its end — the caller asserts it; the mask itself is still applied.
-    """
+                    info: MaskInfo, scale: float) -> Float[Array, "B Lq H Dv"]:
+    """softmax(q·kᵀ·scale, masked)·v with grouped heads; fully masked rows give exactly zero."""
     b, lq, h, _ = q.shape
     hk = k.shape[2]
     k, v = k.astype(q.dtype), v.astype(q.dtype)
-    mask = dense_mask(info)
-    block = causal_query_block(lq) if causal_prefix else lq
-    if causal_prefix and k.shape[1] != lq:
-        raise ValueError(f"dense_attention: causal_prefix needs Lq == Lk, got {lq} and {k.shape[1]}")
+    if not (info.causal and info.in_order):
+        out = _rows_attention(_q_rows(q, hk), _kv_rows(k), _kv_rows(v), dense_mask(info), float(scale))
+        return _from_q_rows(out, b, lq, h)
+    block = causal_query_block(lq)
     outs = []
     for start in range(0, lq, block):
         end = min(start + block, lq)
-        q_rows = _q_rows(q[:, start:end], hk)
-        if block == lq:  # no split: the whole key range, no slices
-            k_rows, v_rows, m = _kv_rows(k), _kv_rows(v), mask
-        else:
-            k_rows, v_rows, m = _kv_rows(k[:, :end]), _kv_rows(v[:, :end]), mask[:, start:end, :end]
-        out = _rows_attention(q_rows, k_rows, v_rows, m, float(scale))
+        rows, keys = slice(start, end), slice(0, end)
+        out = _rows_attention(_q_rows(q[:, rows], hk), _kv_rows(k[:, keys]), _kv_rows(v[:, keys]),
+                              dense_mask(info, rows, keys), float(scale))
         outs.append(_from_q_rows(out, b, end - start, h))
-    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+    return jnp.concatenate(outs, axis=1)
 
 
 def _q_rows(q: Float[Array, "B L H D"], hk: int) -> Float[Array, "BHk GL D"]:

@@ -33,6 +33,8 @@ class MaskInfo(NamedTuple):
     q_positions: Int[Array, "B Lq"]
     kv_positions: Int[Array, "B Lk"]
     causal: bool
+    # Static: positions are each token's index, no span ids, Lq = Lk — so a causal query sees no later key.
+    in_order: bool = False
 
 
 def _pair(name: str, q, kv, batch: int, lq: int, lk: int):
@@ -64,7 +66,9 @@ def make_mask_info(batch, lq, lk, *, causal, q_segment_ids=None, kv_segment_ids=
     qsp, ksp = _pair("span_ids", q_span_ids, kv_span_ids, batch, lq, lk)
     qp = _batched("q_positions", jnp.arange(lq) if q_positions is None else q_positions, batch, lq)
     kp = _batched("kv_positions", jnp.arange(lk) if kv_positions is None else kv_positions, batch, lk)
-    return MaskInfo(qs, ks, qsp, ksp, qp, kp, bool(causal))
+    in_order = (q_positions is None and kv_positions is None and q_span_ids is None and kv_span_ids is None
+                and lq == lk)
+    return MaskInfo(qs, ks, qsp, ksp, qp, kp, bool(causal), in_order)
 
 
 def element_mask(causal: bool, q_seg, kv_seg, q_pos, kv_pos, q_span=None, kv_span=None) -> Bool[Array, "... Lq Lk"]:
