@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,6 +66,55 @@ def test_cached_greedy_equals_naive_greedy(variant):
     # A longer cache than needed changes nothing; one new token works.
     np.testing.assert_array_equal(generate(model, prompt, 12, max_length=40), expected)
     np.testing.assert_array_equal(generate(model, prompt, 1), expected[:, :1])
+
+
+def _while_bodies(hlo: str) -> list[list[str]]:
+    """The instruction lines of each while loop's body computation in an optimized HLO module."""
+    out = []
+    for body in re.findall(r"\bwhile\(.*?body=%([\w.\-]+)", hlo):
+        block = re.search(r"^%" + re.escape(body) + r" .*?\{\n(.*?)\n\}", hlo, re.S | re.M).group(1)
+        out.append(block.splitlines())
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_decode_loop_updates_the_cache_in_place(model, batch):
+    """Each step writes its new slot into every layer's k and v rows in place, and attention reads the cache as
+    it lies: no instruction of the loop body copies or rewrites a cache-sized array. (With the cache stored
+    `[B, S, Hk, K]`, each layer copied it into the attention's rows layout on every step; stored `[B, Hk, S, K]`,
+    XLA fused the slot update into both of its readers and copied the cache for each.)"""
+    from merg_jax.infer.generate import _generate_jit
+
+    cfg = model.cfg
+    prompt = jnp.asarray(_tokens(0, batch, 5, cfg.vocab_size))
+    max_length = 5 + 8
+    graphdef, state = nnx.split(model)
+    hlo = _generate_jit.lower(graphdef, state, prompt, jnp.ones_like(prompt), jnp.zeros((0,), jnp.int32),
+                              jnp.asarray(0, jnp.int32), jax.random.key(0), None, None, max_new_tokens=8,
+                              max_length=max_length, sampling=SamplingConfig(0.0, 0, 1.0)).compile().as_text()
+    cache_elems = batch * cfg.num_kv_heads * max_length * cfg.head_dim
+    roots = dict(re.findall(r"^%([\w.\-]+) .*?\{\n.*?^  ROOT %[\w.\-]+ = \S+ ([\w\-]+)\(", hlo, re.S | re.M))
+    loops = []  # (in-place cache updates, other cache-sized results) of each loop that updates the cache
+    for lines in _while_bodies(hlo):
+        updates, rewrites = 0, []
+        for line in lines:
+            m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = f32\[([\d,]*)\]\S* ([\w\-]+)\((.*)", line)
+            if not m or int(np.prod([int(d) for d in m.group(2).split(",") if d])) != cache_elems:
+                continue
+            name, op = m.group(1), m.group(3)
+            if op in ("parameter", "get-tuple-element", "bitcast"):
+                continue
+            called = re.search(r"calls=%([\w.\-]+)", line)
+            if op == "fusion" and called and roots.get(called.group(1)) == "dynamic-update-slice":
+                updates += 1
+            else:
+                rewrites.append(f"{name} ({op})")
+        if updates:
+            loops.append((updates, rewrites))
+    assert len(loops) == 1, f"expected one decode loop updating the cache, found {len(loops)}"
+    updates, rewrites = loops[0]
+    assert rewrites == [], f"cache-sized copies in the decode loop: {rewrites}"
+    assert updates == 2 * cfg.num_layers  # one in-place slot update per layer for k and one for v
 
 
 def test_left_padded_batch_equals_each_row_alone(model):

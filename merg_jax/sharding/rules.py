@@ -27,6 +27,9 @@ DEFAULT_RULES: Rules = (
     ("act_embed", None),
     ("act_heads", "tensor"),
     ("act_kv_heads", "tensor"),
+    # batch and kv heads merged into one axis, batch major (the KV cache's rows): the mesh axes split it in this
+    # order, so whole batch rows go to data/fsdp and, with one row per shard, tensor splits the heads
+    ("act_batch_kv_heads", ("data", "fsdp", "tensor")),
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
     # parameters
