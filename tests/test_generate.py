@@ -72,7 +72,7 @@ def _while_bodies(hlo: str) -> list[list[str]]:
     """The instruction lines of each while loop's body computation in an optimized HLO module."""
     out = []
     for body in re.findall(r"\bwhile\(.*?body=%([\w.\-]+)", hlo):
-        block = re.search(r"^%" + re.escape(body) + r" .*?\{\n(.*?)\n\}", hlo, re.S | re.M).group(1)
+        block = re.search(r"^%" + re.escape(body) + r" .*?\{\n(.*?)\n\}", hlo, re.DOTALL | re.MULTILINE).group(1)
         out.append(block.splitlines())
     return out
 
@@ -93,7 +93,7 @@ def test_decode_loop_updates_the_cache_in_place(model, batch):
                               jnp.asarray(0, jnp.int32), jax.random.key(0), None, None, max_new_tokens=8,
                               max_length=max_length, sampling=SamplingConfig(0.0, 0, 1.0)).compile().as_text()
     cache_elems = batch * cfg.num_kv_heads * max_length * cfg.head_dim
-    roots = dict(re.findall(r"^%([\w.\-]+) .*?\{\n.*?^  ROOT %[\w.\-]+ = \S+ ([\w\-]+)\(", hlo, re.S | re.M))
+    roots = dict(re.findall(r"^%([\w.\-]+) .*?\{\n.*?^  ROOT %[\w.\-]+ = \S+ ([\w\-]+)\(", hlo, re.DOTALL | re.MULTILINE))
     loops = []  # (in-place cache updates, other cache-sized results) of each loop that updates the cache
     for lines in _while_bodies(hlo):
         updates, rewrites = 0, []
