@@ -416,3 +416,24 @@ def test_inspect_data_usage_errors(tmp_path, capsys):
     assert "not a directory" in err and "no split JSON" in err and "test.json" in err and "{nope}" in err
     assert inspect_main([str(tmp_path), "--no-durations"]) == 0
     assert inspect_main([str(tmp_path), "--no-durations", "--strict"]) == 1  # 4 missing media
+
+
+def test_ffmpeg_starts_without_python_in_the_forked_child(tmp_path, monkeypatch):
+    """`read_video` starts ffmpeg with no `preexec_fn`, so Python starts it by vfork + exec and runs no Python in
+    the child — which, forked from a process whose other threads hold locks (a training step, grain's read
+    threads), could block on one of them for ever (merg_jax.data.ffmpeg). The real Popen runs; a spy records how."""
+    import subprocess
+
+    clip = write_mp4(tmp_path / "clip.mp4", 0.4)
+    preexec = []
+
+    class Spy(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            preexec.append(kwargs.get("preexec_fn"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", Spy)
+    frames, fps = media.read_video(clip)
+    assert frames.shape == (10, 96, 96, 3) and fps == 25
+    assert [decode_frame_index(f) for f in frames] == list(range(10))
+    assert preexec and all(fn is None for fn in preexec), preexec

@@ -39,7 +39,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def _synthetic_dataset(root: pathlib.Path, dialogues: int, split: str) -> None:
     """A stand-in in the AvaMERG layout: 1 s tones and 1 s colour-ramp 96x96 25 fps videos, 2 turns each."""
-    import imageio_ffmpeg
+    from merg_jax.data.ffmpeg import imageio_ffmpeg
     import numpy as np
     import soundfile as sf
 

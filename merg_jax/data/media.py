@@ -23,8 +23,9 @@ import numpy as np
 
 from merg_jax.data.avamerg import DataError
 
-# ffmpeg runs as a subprocess (fork + exec): the child execs at once and runs no Python, so the threads of JAX in
-# the parent are not at risk, and Python's warning about forking a multi-threaded process does not apply here.
+# ffmpeg runs as a subprocess (vfork + exec, merg_jax.data.ffmpeg): the child execs at once and runs no Python, so
+# the threads of JAX in the parent are not at risk, and Python's warning about forking a multi-threaded process
+# does not apply here.
 warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
 # Containers soundfile (libsndfile) reads; anything else is treated as video.
@@ -79,7 +80,7 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     Frames come out in presentation order exactly as ffmpeg decodes them (no frame-rate conversion here; see
     `features.video_frames` for resampling to a target fps).
     """
-    import imageio_ffmpeg
+    from merg_jax.data.ffmpeg import imageio_ffmpeg
 
     p = check_file(path)
     gen = imageio_ffmpeg.read_frames(str(p), pix_fmt="rgb24")
@@ -169,7 +170,7 @@ def _find_box(f, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
 
 
 def _ffmpeg_header_duration(path: pathlib.Path) -> float:
-    import imageio_ffmpeg
+    from merg_jax.data.ffmpeg import imageio_ffmpeg
 
     gen = imageio_ffmpeg.read_frames(str(path))
     try:

@@ -17,8 +17,9 @@ import os
 import pathlib
 import uuid
 
-import imageio_ffmpeg
 import numpy as np
+
+from merg_jax.data.ffmpeg import imageio_ffmpeg
 
 CRF = 16
 AUDIO_RATE = 48000  # AAC frames of 1024 samples: 21 ms here
