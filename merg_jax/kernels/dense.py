@@ -52,14 +52,14 @@ def dense_attention(q: Float[Array, "B Lq H D"], k: Float[Array, "B Lk Hk D"], v
     hk = k.shape[2]
     k, v = k.astype(q.dtype), v.astype(q.dtype)
     if not (info.causal and info.in_order):
-        out = _rows_attention(_q_rows(q, hk), _kv_rows(k), _kv_rows(v), dense_mask(info), float(scale))
+        out = _rows_attention(_q_rows(q, hk), kv_rows(k), kv_rows(v), dense_mask(info), float(scale))
         return _from_q_rows(out, b, lq, h)
     block = causal_query_block(lq)
     outs = []
     for start in range(0, lq, block):
         end = min(start + block, lq)
         rows, keys = slice(start, end), slice(0, end)
-        out = _rows_attention(_q_rows(q[:, rows], hk), _kv_rows(k[:, keys]), _kv_rows(v[:, keys]),
+        out = _rows_attention(_q_rows(q[:, rows], hk), kv_rows(k[:, keys]), kv_rows(v[:, keys]),
                               dense_mask(info, rows, keys), float(scale))
         outs.append(_from_q_rows(out, b, end - start, h))
     return jnp.concatenate(outs, axis=1)
@@ -70,9 +70,16 @@ def _q_rows(q: Float[Array, "B L H D"], hk: int) -> Float[Array, "BHk GL D"]:
     return group_queries(q, hk).transpose(0, 2, 3, 1, 4).reshape(b * hk, (h // hk) * lq, d)
 
 
-def _kv_rows(x: Float[Array, "B S Hk D"]) -> Float[Array, "BHk S D"]:
+def kv_rows(x: Float[Array, "B S Hk D"]) -> Float[Array, "BHk S D"]:
+    """Keys or values in the core's rows layout (what `KVCache` stores)."""
     b, s, hk, d = x.shape
     return x.transpose(0, 2, 1, 3).reshape(b * hk, s, d)
+
+
+def from_kv_rows(x: Float[Array, "BHk S D"], batch: int) -> Float[Array, "B S Hk D"]:
+    """`kv_rows` undone: passed to `attention`, the core's own `kv_rows` cancels it, so no copy is made."""
+    bhk, s, d = x.shape
+    return x.reshape(batch, bhk // batch, s, d).transpose(0, 2, 1, 3)
 
 
 def _from_q_rows(x: Float[Array, "BHk GL D"], b: int, lq: int, h: int) -> Float[Array, "B L H D"]:

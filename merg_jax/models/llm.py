@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from merg_jax.kernels import attention
+from merg_jax.kernels import attention, from_kv_rows, kv_rows
 from merg_jax.models.kv_cache import KVCache
 from merg_jax.models.layers import Dense, Embed, RMSNorm
 from merg_jax.models.llm_config import LlmConfig
@@ -71,14 +71,10 @@ class Attention(nnx.Module):
         q = constrain(apply_rope(q, ctx.rope_cos, ctx.rope_sin), ("batch", "length", "act_heads", None))
         k = constrain(apply_rope(k, ctx.rope_cos, ctx.rope_sin), ("batch", "length", "act_kv_heads", None))
         v = constrain(v, ("batch", "length", "act_kv_heads", None))
-        if cache_kv is not None:  # rows `[B·Hk, S, K]` (KVCache): write this chunk's slots
-            hk, hd = cfg.num_kv_heads, cfg.head_dim
-            cache_kv = tuple(
-                jax.lax.dynamic_update_slice(
-                    c, x.transpose(0, 2, 1, 3).reshape(bsz * hk, length, hd).astype(c.dtype), (0, ctx.cache_index, 0))
-                for c, x in zip(cache_kv, (k, v)))
-            # `[B, S, Hk, K]` views for attention(): the dense core's rows transpose cancels them (no copy).
-            k, v = (c.reshape(bsz, hk, -1, hd).transpose(0, 2, 1, 3) for c in cache_kv)
+        if cache_kv is not None:  # rows `[B·Hk, S, K]` (KVCache): write this chunk's slots, read the views back
+            cache_kv = tuple(jax.lax.dynamic_update_slice(c, kv_rows(x).astype(c.dtype), (0, ctx.cache_index, 0))
+                             for c, x in zip(cache_kv, (k, v)))
+            k, v = (from_kv_rows(c, bsz) for c in cache_kv)
         out = attention(q, k.astype(q.dtype), v.astype(q.dtype), causal=True,
                         q_segment_ids=ctx.q_segment_ids, kv_segment_ids=ctx.kv_segment_ids,
                         q_span_ids=ctx.q_span_ids, kv_span_ids=ctx.kv_span_ids,
