@@ -117,6 +117,24 @@ def test_decode_loop_updates_the_cache_in_place(model, batch):
     assert updates == 2 * cfg.num_layers  # one in-place slot update per layer for k and one for v
 
 
+def test_prefill_projects_only_the_last_position(model):
+    """The prompt's logits are needed at its last position only: the compiled generate has no vocabulary
+    product over all prompt rows (`[B·P, V]`), only `[B, V]` ones (the prefill's last position, each step)."""
+    from merg_jax.infer.generate import _generate_jit
+
+    cfg = model.cfg
+    batch, plen = 2, 5
+    prompt = jnp.asarray(_tokens(0, batch, plen, cfg.vocab_size))
+    graphdef, state = nnx.split(model)
+    hlo = _generate_jit.lower(graphdef, state, prompt, jnp.ones_like(prompt), jnp.zeros((0,), jnp.int32),
+                              jnp.asarray(0, jnp.int32), jax.random.key(0), None, None, max_new_tokens=4,
+                              max_length=plen + 4, sampling=SamplingConfig(0.0, 0, 1.0)).compile().as_text()
+    vocab_dots = [tuple(int(d) for d in shape.split(",")) for shape in
+                  re.findall(r"= f32\[([\d,]+)\]\S* dot\(", hlo) if shape.endswith(f",{cfg.vocab_size}")]
+    assert vocab_dots, "no product onto the vocabulary found in the compiled generate"
+    assert all(np.prod(shape[:-1]) == batch for shape in vocab_dots), vocab_dots
+
+
 def test_left_padded_batch_equals_each_row_alone(model):
     vocab = model.cfg.vocab_size
     rows = [_tokens(10 + i, 1, n, vocab)[0] for i, n in enumerate([9, 3, 6, 1])]

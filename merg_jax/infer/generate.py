@@ -176,17 +176,18 @@ def _generate_jit(graphdef, state, tokens, mask, stops, pad_id, rng, embeddings,
     tokens = jnp.where(mask == 1, tokens, 0)  # padding ids may be anything; keep the embedding lookup valid
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
     cache = KVCache.init(model.cfg, batch, max_length)
+    # Only the last prompt position's logits are used: project just that position.
     if embeddings is None:
-        logits, cache = model(tokens, positions=positions, segment_ids=mask, cache=cache)
+        prefill = model.forward(tokens, positions=positions, segment_ids=mask, cache=cache, return_logits=False)
     else:
-        out = model.forward(embeddings=embeddings, positions=positions, segment_ids=mask, span_ids=span_ids,
-                            cache=cache)
-        logits, cache = out.logits, out.cache
+        prefill = model.forward(embeddings=embeddings, positions=positions, segment_ids=mask, span_ids=span_ids,
+                                cache=cache, return_logits=False)
+    cache = prefill.cache
 
     def is_stop(tok):
         return jnp.any(tok[:, None] == stops[None, :], axis=-1)
 
-    first = sample_logits(logits[:, -1], sampling, jax.random.fold_in(rng, 0))
+    first = sample_logits(model.logits(prefill.hidden[:, -1:])[:, 0], sampling, jax.random.fold_in(rng, 0))
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
     done = is_stop(first)
     lengths = jnp.ones((batch,), jnp.int32)

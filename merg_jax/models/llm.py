@@ -191,11 +191,15 @@ class Llm(nnx.Module):
         if cache is not None:
             cache = dataclasses.replace(cache, k=new_kv[0], v=new_kv[1], index=cache.index + length)
         hidden = self.final_norm(x)
-        logits = None
-        if return_logits:
-            logits = self.embed.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
-            logits = constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
-        return LlmOutput(logits=logits, hidden=hidden, cache=cache)
+        return LlmOutput(logits=self.logits(hidden) if return_logits else None, hidden=hidden, cache=cache)
+
+    def logits(self, hidden: Float[Array, "B L D"]) -> Float[Array, "B L V"]:
+        """The output projection of final-norm hidden states (`LlmOutput.hidden`), in float32. A prefill that
+        needs only the last position's logits calls `forward(..., return_logits=False)` and this on that
+        position: the projection is the largest product of a short prompt (at 33.5M parameters, 1 of 8.5 GFLOP
+        of a batch-8 × 16-token prefill)."""
+        logits = self.embed.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
+        return constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
 
     def _rope_tables(self, positions: Int[Array, "B L"]) -> dict[str, Float[Array, "B L 1 K"]]:
         cfg = self.cfg
