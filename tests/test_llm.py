@@ -40,6 +40,29 @@ def test_scan_and_remat_do_not_change_the_function(variant):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_unrolled_layers_gradient_is_not_padded_per_layer():
+    """Unrolled, each layer reads its slice of the stacked parameters; the gradient of the stack is assembled
+    once (a concatenation), not as one zero-padded stack-sized array per layer added up (what indexing each
+    layer, `a[i]`, compiles to: this test finds those pads on that code)."""
+    import re
+
+    from flax import nnx
+
+    model = tiny_model(num_layers=3, scan_layers=False)
+    tokens = random_tokens(1, 2, 8, model.cfg.vocab_size)
+    graphdef, state = nnx.split(model)
+
+    def loss(st):
+        return jnp.mean(nnx.merge(graphdef, st)(tokens) ** 2)
+
+    hlo = jax.jit(jax.grad(loss)).lower(state).compile().as_text()
+    n = model.cfg.num_layers
+    stacked = {tuple(a.shape) for a in jax.tree.leaves(nnx.state(model.layers)) if a.ndim >= 2 and a.shape[0] == n}
+    pads = [dims for dims in re.findall(r"= f32\[([\d,]+)\]\S* pad\(", hlo)
+            if tuple(int(d) for d in dims.split(",")) in stacked]
+    assert stacked and pads == [], f"per-layer padded gradients of stacked parameters: {pads}"
+
+
 def test_embeddings_input_equals_tokens_input():
     model = tiny_model()
     tokens = random_tokens(2, 2, 7, model.cfg.vocab_size)

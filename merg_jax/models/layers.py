@@ -115,3 +115,15 @@ def masked_mean(x: Float[Array, "B T D"], mask: Bool[Array, "B T"] | None = None
         return jnp.mean(xf, axis=1)
     w = jnp.asarray(mask, jnp.float32)[..., None]
     return jnp.sum(xf * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+
+
+def unstack_layers(params, n: int) -> list:
+    """Stacked `[n, ...]` layer parameters (any pytree) → `n` per-layer trees, for running the layers unrolled.
+
+    Through `jnp.split`, whose gradient is one concatenation; indexing each layer (`a[i]`) instead has one
+    zero-padded, full-stack gradient per layer for XLA to add up (33.5M LLM training, forward + backward:
+    537.8 → 522.9 ms, docs/performance.md).
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    pieces = [jnp.split(a, n, axis=0) for a in leaves]
+    return [jax.tree.unflatten(treedef, [p[i][0] for p in pieces]) for i in range(n)]

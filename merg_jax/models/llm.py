@@ -19,7 +19,7 @@ from jaxtyping import Array, Float, Int
 
 from merg_jax.kernels import attention, from_kv_rows, kv_rows
 from merg_jax.models.kv_cache import KVCache
-from merg_jax.models.layers import Dense, Embed, RMSNorm
+from merg_jax.models.layers import Dense, Embed, RMSNorm, unstack_layers
 from merg_jax.models.llm_config import LlmConfig
 from merg_jax.models.rope import apply_rope, inverse_frequencies, rope_tables
 from merg_jax.sharding import constrain
@@ -231,8 +231,7 @@ class Llm(nnx.Module):
         that is all weight reads). Sliced once before the loop, the weights are read in place.
         """
         graphdef, params = nnx.split(self.layers)
-        return tuple(nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], params))
-                     for i in range(self.cfg.num_layers))
+        return tuple(nnx.merge(graphdef, p) for p in unstack_layers(params, self.cfg.num_layers))
 
     def _run_layers(self, x, ctx, cache, dropout_rng, layers=None):
         cfg = self.cfg
@@ -250,13 +249,14 @@ class Llm(nnx.Module):
         if layers is None and cfg.scan_layers and not per_layer_cache:
             return jax.lax.scan(body, x, (params, kv, rngs))
         outs = []
+        per_layer_params = None if layers is not None else unstack_layers(params, cfg.num_layers)
         for i in range(cfg.num_layers):
             layer_kv = None if kv is None else (kv[0][i], kv[1][i])
             layer_rng = None if rngs is None else rngs[i]
             if layers is not None:
                 x, layer_kv = layers[i](x, ctx, layer_kv, layer_rng)
             else:
-                x, layer_kv = body(x, (jax.tree.map(lambda a, i=i: a[i], params), layer_kv, layer_rng))
+                x, layer_kv = body(x, (per_layer_params[i], layer_kv, layer_rng))
             outs.append(layer_kv)
         return x, None if kv is None else _collect_kv(outs, per_layer=per_layer_cache)
 

@@ -20,7 +20,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float
 
 from merg_jax.kernels import attention
-from merg_jax.models.layers import Dense, param
+from merg_jax.models.layers import Dense, param, unstack_layers
 from merg_jax.sharding import constrain
 
 
@@ -219,8 +219,8 @@ class Stack(nnx.Module):
             body = jax.checkpoint(body, prevent_cse=not self.scan)
         if self.scan:
             return jax.lax.scan(body, x, params)[0]
-        for i in range(self.num_layers):
-            x, _ = body(x, jax.tree.map(lambda a: a[i], params))
+        for layer_params in unstack_layers(params, self.num_layers):
+            x, _ = body(x, layer_params)
         return x
 
 
