@@ -15,7 +15,8 @@ install:
 
 # $(call debs,COMMANDS,LIBRARIES): apt-get installs, as root, the Debian packages of the missing COMMANDS (a
 # command is its package's name) and LIBRARIES (package:soname); as another user it names them. espeak-ng speaks;
-# libtcmalloc-minimal4 is the host allocator merg-jax re-executes under (merg_jax/host_allocator.py).
+# g++ builds the CPU decode kernel (merg_jax/kernels/panel_matmul.cc); libtcmalloc-minimal4 is the host allocator
+# merg-jax re-executes under (merg_jax/host_allocator.py).
 define debs
 @missing=""; for d in $(1); do command -v $$d >/dev/null 2>&1 || missing="$$missing $$d"; done; \
 for l in $(2); do ldconfig -p | grep -q "$${l#*:}" || missing="$$missing $${l%%:*}"; done; \
@@ -27,7 +28,7 @@ endef
 LIBS := libtcmalloc-minimal4:libtcmalloc_minimal
 
 demo: install
-	$(call debs,espeak-ng,$(LIBS))
+	$(call debs,espeak-ng g++,$(LIBS))
 	$(PYTHON) -m merg_jax.cli demo
 
 # torch==2.13.0 alone and first: pip takes the CPU wheel on this machine's disk (its find-links), so no later
@@ -37,7 +38,7 @@ demo: install
 # nbclient (the page, its browser test, the notebook test). tests/test_host_allocator.py measures the page faults
 # tcmalloc removes.
 test:
-	$(call debs,espeak-ng chromium,$(LIBS))
+	$(call debs,espeak-ng chromium g++,$(LIBS))
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[test,demo]'
 	$(PYTHON) -m pytest -q -n 2 --dist loadgroup --durations=30

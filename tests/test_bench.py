@@ -59,6 +59,8 @@ def test_bench_llm_prints_ours_peer_and_ratio(tmp_path):
         assert report["train_mfu"][side] == pytest.approx(mfu)
         assert 0 < mfu < 1.5  # a rate above the machine's own matmul peak would mean a wrong count
     assert set(report["decode_tokens_per_s"]) == {"1", "3"}
+    assert report["decode_products"] == "panel_matmul"  # the CPU decode kernel (g++ is installed by make test)
+    assert "products by panel_matmul" in r.stdout
     # The matmul floor: the step's products (every weight's three and the attention's six), each timed alone. Its
     # FLOPs are PaLM's count less the RMSNorm scales' (no product); both real steps of the run lie above it.
     floor = report["train_matmul_floor"]

@@ -77,13 +77,14 @@ def _while_bodies(hlo: str) -> list[list[str]]:
     return out
 
 
+@pytest.mark.parametrize("panels", [False, True], ids=["xla-dot", "panel-matmul"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_decode_loop_updates_the_cache_in_place(model, batch):
+def test_decode_loop_updates_the_cache_in_place(model, batch, panels):
     """Each step writes its new slot into every layer's k and v rows in place, and attention reads the cache as
     it lies: no instruction of the loop body copies or rewrites a cache-sized array. (With the cache stored
     `[B, S, Hk, K]`, each layer copied it into the attention's rows layout on every step; stored `[B, Hk, S, K]`,
     XLA fused the slot update into both of its readers and copied the cache for each.)"""
-    from merg_jax.infer.generate import _generate_jit
+    from merg_jax.infer.generate import _generate_jit, decode_panels
 
     cfg = model.cfg
     prompt = jnp.asarray(_tokens(0, batch, 5, cfg.vocab_size))
@@ -91,7 +92,8 @@ def test_decode_loop_updates_the_cache_in_place(model, batch):
     graphdef, state = nnx.split(model)
     hlo = _generate_jit.lower(graphdef, state, prompt, jnp.ones_like(prompt), jnp.zeros((0,), jnp.int32),
                               jnp.asarray(0, jnp.int32), jax.random.key(0), None, None, max_new_tokens=8,
-                              max_length=max_length, sampling=SamplingConfig(0.0, 0, 1.0)).compile().as_text()
+                              max_length=max_length, sampling=SamplingConfig(0.0, 0, 1.0),
+                              panels=decode_panels(model) if panels else None).compile().as_text()
     cache_elems = batch * cfg.num_kv_heads * max_length * cfg.head_dim
     roots = dict(re.findall(r"^%([\w.\-]+) .*?\{\n.*?^  ROOT %[\w.\-]+ = \S+ ([\w\-]+)\(", hlo, re.DOTALL | re.MULTILINE))
     loops = []  # (in-place cache updates, other cache-sized results) of each loop that updates the cache

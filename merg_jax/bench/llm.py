@@ -80,6 +80,8 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
     from merg_jax.config import llm_config
     from merg_jax.convert import save_hf_llama
     from merg_jax.infer import generate
+    from merg_jax.infer.generate import uses_panel_matmul
+    from merg_jax.kernels import panel_matmul
     from merg_jax.sharding import single_device_mesh
     from merg_jax.train.loop import build_model
     from merg_jax.train.optimizer import make_optimizer
@@ -134,6 +136,8 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
         agree += int((ours_tokens == peer_tokens).sum()) if ours_tokens.shape == peer_tokens.shape else 0
         total += int(ours_tokens.size)
         decode[b] = {"ours": b * decode_tokens / t_ours, "peer": b * decode_tokens / t_peer}
+    decode_products = ("panel_matmul" if uses_panel_matmul(model)
+                       else f"XLA dot ({panel_matmul.unavailable_reason() or 'not a float32 model on one CPU'})")
 
     # Training steps.
     peer.train()
@@ -179,7 +183,7 @@ def bench_llm(config, *, batch: int = 8, seq_len: int = 128, steps: int = 5, rep
         "train_flops_per_token": flops_per_token, "matmul_peak_flops": peak,
         "train_matmul_floor": {**floor, "ours_step_over_floor": t_ours_train / floor["seconds"],
                                "peer_step_over_floor": t_peer_train / floor["seconds"]},
-        "decode_tokens_per_s": {str(b): v for b, v in decode.items()},
+        "decode_tokens_per_s": {str(b): v for b, v in decode.items()}, "decode_products": decode_products,
         "max_logit_diff": max_logit_diff, "greedy_agree": agree, "greedy_total": total,
         "num_params": cfg.num_params(), "torch_threads": torch.get_num_threads(),
         "jax_backend": jax.default_backend(), "jax_version": jax.__version__, "torch_version": torch.__version__,
@@ -194,7 +198,8 @@ def format_report(r: dict, *, config_name: str, cfg, args) -> str:
         f"merg-jax bench llm | {config_name}: {r['num_params']:,} parameters (hidden {cfg.hidden_size}, "
         f"{cfg.num_layers} layers, vocab {cfg.vocab_size}, {cfg.dtype})",
         f"train: batch {args.batch} x {args.seq_len} tokens, forward+backward+clip+AdamW | decode: batch "
-        f"{args.decode_batches}, prompt {args.prompt_len} + {args.decode_tokens} new tokens, greedy, KV cache",
+        f"{args.decode_batches}, prompt {args.prompt_len} + {args.decode_tokens} new tokens, greedy, KV cache, "
+        f"products by {r['decode_products']}",
         f"median of {args.repeats} repeats, ours and peer in turn ({args.steps} train steps each), warm-up excluded "
         f"| jax {r['jax_version']} ({r['jax_backend']}), torch {r['torch_version']} ({r['torch_threads']} threads), "
         f"allocator {r['allocator']}",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from collections.abc import Sequence
 
 import jax
@@ -24,7 +25,9 @@ from flax import nnx
 from jaxtyping import Array, Int
 
 from merg_jax.infer.sampling import SamplingConfig, sample_logits
+from merg_jax.kernels import panel_matmul
 from merg_jax.models import KVCache, Llm
+from merg_jax.models.layers import Dense
 
 
 @dataclasses.dataclass
@@ -124,7 +127,7 @@ def generate_with_info(model: Llm, prompt_tokens, max_new_tokens: int, *, prompt
     out_tokens, lengths, steps = _generate_jit(
         graphdef, state, tokens, mask, jnp.asarray(stops, jnp.int32), jnp.asarray(pad_id, jnp.int32), rng,
         prompt_embeddings, prompt_span_ids, max_new_tokens=max_new_tokens, max_length=int(max_length),
-        sampling=sampling)
+        sampling=sampling, panels=decode_panels(model))
     return GenerateOutput(tokens=out_tokens, lengths=lengths, num_steps=steps)
 
 
@@ -168,20 +171,67 @@ def _check_token_range(tokens: jax.Array, mask: jax.Array, vocab_size: int) -> N
                          f"(min {real.min()}, max {real.max()})")
 
 
+def uses_panel_matmul(model: Llm) -> bool:
+    """Whether `generate` runs the model's decode products through `kernels.panel_matmul`: a float32 model
+    whose parameters all sit on one CPU device, with the kernel built (`panel_matmul.unavailable_reason()` says
+    why not). Elsewhere XLA's dot serves (GPU and TPU products are not bandwidth-starved this way; a sharded
+    model would need the custom call partitioned)."""
+    cfg = model.cfg
+    if jnp.dtype(cfg.compute_dtype) != jnp.float32 or jnp.dtype(cfg.weight_dtype) != jnp.float32:
+        return False
+    devices = {d for leaf in jax.tree.leaves(nnx.state(model)) if isinstance(leaf, jax.Array)
+               for d in leaf.devices()}
+    if len(devices) != 1 or next(iter(devices)).platform != "cpu":
+        return False
+    return panel_matmul.available()
+
+
+# model -> (weak references to the kernels it was packed from, Llm.panel_weights()).
+_PANELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def decode_panels(model: Llm) -> list[jax.Array] | None:
+    """The panel-packed weights the decode loop reads (`Llm.panel_weights`), or None where XLA's dot serves
+    (`uses_panel_matmul`). Packed on the first call and kept with the model until any of its kernels is
+    replaced (a training step, a checkpoint load): a second copy of the projection weights, in exchange for
+    not re-packing them on every call (two copies of the weights per call otherwise)."""
+    if not uses_panel_matmul(model):
+        return None
+    sources = [m.kernel.get_value() for _, m in nnx.iter_modules(model.layers) if isinstance(m, Dense)]
+    if model.lm_head is not None:
+        sources.append(model.lm_head.kernel.get_value())
+    kept = _PANELS.get(model)
+    if kept is not None and len(kept[0]) == len(sources) and all(r() is s for r, s in zip(kept[0], sources)):
+        return kept[1]
+    graphdef, state = nnx.split(model)
+    packed = _panel_weights_jit(graphdef, state)
+    _PANELS[model] = (tuple(weakref.ref(s) for s in sources), packed)
+    return packed
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _panel_weights_jit(graphdef, state):
+    return nnx.merge(graphdef, state).panel_weights()
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "max_length", "sampling"))
 def _generate_jit(graphdef, state, tokens, mask, stops, pad_id, rng, embeddings, span_ids, *, max_new_tokens: int,
-                  max_length: int, sampling: SamplingConfig):
+                  max_length: int, sampling: SamplingConfig, panels=None):
     model = nnx.merge(graphdef, state)
     batch, _ = tokens.shape
     tokens = jnp.where(mask == 1, tokens, 0)  # padding ids may be anything; keep the embedding lookup valid
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    cache = KVCache.init(model.cfg, batch, max_length)
+    # Slice the stacked layers and the cache per layer once, for the prefill and the decode loop
+    # (`Llm.layer_blocks`; with `panels`, every product reads the packed weights in place).
+    blocks = model.layer_blocks(panels=panels)
+    cache = KVCache.init(model.cfg, batch, max_length).per_layer()
     # Only the last prompt position's logits are used: project just that position.
     if embeddings is None:
-        prefill = model.forward(tokens, positions=positions, segment_ids=mask, cache=cache, return_logits=False)
+        prefill = model.forward(tokens, positions=positions, segment_ids=mask, cache=cache, return_logits=False,
+                                layers=blocks)
     else:
         prefill = model.forward(embeddings=embeddings, positions=positions, segment_ids=mask, span_ids=span_ids,
-                                cache=cache, return_logits=False)
+                                cache=cache, return_logits=False, layers=blocks)
     cache = prefill.cache
 
     def is_stop(tok):
@@ -192,10 +242,6 @@ def _generate_jit(graphdef, state, tokens, mask, stops, pad_id, rng, embeddings,
     done = is_stop(first)
     lengths = jnp.ones((batch,), jnp.int32)
     next_pos = positions[:, -1] + 1  # the position of the token fed next (the one just generated)
-
-    # Slice the stacked layers and the cache per layer once, outside the loop (`Llm.layer_blocks`).
-    blocks = model.layer_blocks()
-    cache = cache.per_layer()
 
     def cond(carry):
         i, _, _, _, done, _ = carry

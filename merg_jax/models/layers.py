@@ -3,6 +3,7 @@ projection with an optional LoRA adapter, and token embeddings."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
@@ -10,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
+
+from merg_jax.kernels import panel_matmul
 
 Initializer = Callable[..., jax.Array]
 
@@ -40,11 +43,20 @@ class RMSNorm(nnx.Module):
         return self.scale[...].astype(x.dtype) * xf.astype(x.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class PanelView:
+    """Where a `Dense` reads its weights after `use_panels`: matrix `layer` of a panel-packed stack, `out` columns."""
+
+    layer: int
+    out: int
+
+
 class Dense(nnx.Module):
     """y = x·W (+ b) (+ scale·dropout(x)·A·B), kernel `[in, out]`, computed in `dtype`.
 
     The LoRA adapter (when `lora_rank > 0`) is stored as `nnx.LoRAParam` so optimisers and filters can tell it
     from the base weights. B starts at zero, so the adapted layer equals the base one at initialisation.
+    For decoding on CPU, `use_panels` points the base product at `kernels.panel_matmul` instead.
     """
 
     def __init__(self, in_features: int, out_features: int, *, names: tuple[str, str], use_bias: bool = False,
@@ -64,12 +76,22 @@ class Dense(nnx.Module):
                                 param_dtype, nnx.LoRAParam)
         else:
             self.lora_a = self.lora_b = None
+        self.panels: PanelView | None = None
+
+    def use_panels(self, packed: Float[Array, "L P I 32"], layer: int) -> None:
+        """Decode only, on a trace-local copy: from now on the kernel is `packed` (`panel_matmul.pack` of the
+        stacked kernels this layer's came from) and the base product runs `panel_matmul` on matrix `layer`."""
+        self.panels = PanelView(layer, self.kernel.shape[-1])
+        self.kernel.set_value(packed)
 
     def __call__(self, x: Float[Array, "... I"], *, dropout_rng: jax.Array | None = None) -> Float[Array, "... O"]:
         lead = x.shape[:-1]
         # One 2-D matmul over all tokens: XLA:CPU runs the weight gradient of the batched form much slower.
         x = x.astype(self.dtype).reshape(-1, x.shape[-1])
-        y = jnp.einsum("ni,io->no", x, self.kernel[...].astype(self.dtype))
+        if self.panels is not None:
+            y = panel_matmul.panel_matmul(x, self.kernel[...], self.panels.out, self.panels.layer)
+        else:
+            y = jnp.einsum("ni,io->no", x, self.kernel[...].astype(self.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         if self.lora_a is not None:

@@ -18,6 +18,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from merg_jax.kernels import attention, from_kv_rows, kv_rows
+from merg_jax.kernels.panel_matmul import pack as pack_panels
 from merg_jax.models.kv_cache import KVCache
 from merg_jax.models.layers import Dense, Embed, RMSNorm, unstack_layers
 from merg_jax.models.llm_config import LlmConfig
@@ -223,15 +224,40 @@ class Llm(nnx.Module):
                            kv_positions=jnp.broadcast_to(jnp.arange(cache.max_length), (bsz, cache.max_length)),
                            cache_index=cache.index)
 
-    def layer_blocks(self) -> tuple[Block, ...]:
+    def panel_weights(self) -> list[Float[Array, "L P K 32"]]:
+        """`kernels.panel_matmul.pack` of every stacked projection kernel (in `nnx.iter_modules` order), then of
+        the output head's when it is untied: what `layer_blocks(panels=...)` reads. One transposing copy of the
+        weights; `generate` keeps it with the model while the weights stay the same (`infer.decode_panels`)."""
+        kernels = [m.kernel.get_value() for _, m in nnx.iter_modules(self.layers) if isinstance(m, Dense)]
+        if self.lm_head is not None:
+            kernels.append(self.lm_head.kernel.get_value())
+        return [pack_panels(k) for k in kernels]
+
+    def layer_blocks(self, *, panels: Sequence[Array] | None = None) -> tuple[Block, ...]:
         """The stacked layers as `num_layers` separate Blocks, each holding its slice of every parameter.
 
         For decode loops: inside a `while_loop`, a scan over the stacked weights makes XLA:CPU copy each layer's
         dynamic slice of every weight before its matmul, on every step (twice the memory traffic of a step
         that is all weight reads). Sliced once before the loop, the weights are read in place.
+
+        panels: `panel_weights()`. The blocks' projections, and this model's output head, then multiply through
+        `kernels.panel_matmul` (CPU, float32), every layer reading its matrix out of the packed stack (no
+        per-layer copy): a decode step streams each weight once (docs/performance.md). This changes the model
+        it is called on (its head), so call it on a trace-local copy, as `generate` does.
         """
         graphdef, params = nnx.split(self.layers)
-        return tuple(nnx.merge(graphdef, p) for p in unstack_layers(params, self.cfg.num_layers))
+        blocks = tuple(nnx.merge(graphdef, p) for p in unstack_layers(params, self.cfg.num_layers))
+        if panels is not None:
+            stacked = sum(isinstance(m, Dense) for _, m in nnx.iter_modules(self.layers))
+            if len(panels) != stacked + (self.lm_head is not None):
+                raise ValueError(f"layer_blocks: {len(panels)} panel stacks for {stacked} stacked projections"
+                                 f"{' and a head' if self.lm_head is not None else ''}: pass panel_weights()")
+            for i, block in enumerate(blocks):
+                for dense, stack in zip((m for _, m in nnx.iter_modules(block) if isinstance(m, Dense)), panels):
+                    dense.use_panels(stack, i)
+            if self.lm_head is not None:  # a tied head (`Embed.attend`) keeps XLA's dot
+                self.lm_head.use_panels(panels[-1], 0)
+        return blocks
 
     def _run_layers(self, x, ctx, cache, dropout_rng, layers=None):
         cfg = self.cfg
