@@ -11,9 +11,10 @@
 // registers (16 accumulators at 8 rows) over all K; every 64-byte load of W feeds one FMA per row. W is read
 // once per block of 8 rows, so a decode step's batch of ≤ 8 streams the weights exactly once.
 //
-// Threads. The panels are split into one contiguous range per thread of XLA's intra-op pool; the calling
-// thread runs a range too, claims any range no pool thread has started (a pool that is busy, or of size 1,
-// cannot stall it), and waits only for ranges already running.
+// Threads. The panels are split into one contiguous range per thread of XLA's intra-op pool (fewer for small
+// matrices: at least kMinBytesPerThread of weights each); the calling thread runs a range too, claims any range
+// no pool thread has started (a pool that is busy, or of size 1, cannot stall it), and waits only for ranges
+// already running.
 
 #include <atomic>
 #include <cstdint>
@@ -28,6 +29,9 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int64_t kPanel = 32;  // columns per panel: 2 vectors of 16 floats
+// Below this many bytes of weights per thread, waking a pool thread costs more than it saves (the tiny
+// config's 64-176 KiB matrices ran slower split in two: docs/performance.md).
+constexpr int64_t kMinBytesPerThread = 256 << 10;
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 
 // out[0:MB, panel columns] = x[0:MB, :] @ panel, for one panel of K rows × 32 columns; `cols` ≤ 32 are stored.
@@ -106,8 +110,10 @@ ffi::Error PanelMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
   if (M == 0 || N == 0) return ffi::Error::Success();
 
   int64_t parts = pool.num_threads();
-  if (parts < 1) parts = 1;
+  const int64_t by_size = P * K * kPanel * static_cast<int64_t>(sizeof(float)) / kMinBytesPerThread;
+  if (parts > by_size) parts = by_size;
   if (parts > P) parts = P;
+  if (parts < 1) parts = 1;
   if (parts == 1) {
     RunPanels(xp, wp, yp, M, K, N, 0, P);
     return ffi::Error::Success();
