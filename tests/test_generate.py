@@ -198,6 +198,23 @@ def test_sharded_model_generates_the_same_tokens(model):
 
 # ------------------------------------------------------------------------------------------------------ sampling
 
+def test_greedy_tokens_equal_argmax():
+    """Ties (the first wins), -inf, a constant row, NaN (its first, as NumPy), random rows: as `jnp.argmax`."""
+    from merg_jax.infer.sampling import greedy_tokens
+
+    rows = np.random.default_rng(0).standard_normal((6, 50)).astype(np.float32)
+    rows[0, [3, 17, 40]] = 9.0
+    rows[1] = -np.inf
+    rows[1, 30] = 0.0
+    rows[2] = 1.5
+    rows[3, [8, 20]] = np.nan
+    rows[4, 49] = np.inf
+    for x in (rows, rows[:, :1], rows.astype(jnp.bfloat16)):
+        got = np.asarray(jax.jit(greedy_tokens)(jnp.asarray(x)))
+        np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(x), -1)))
+        assert got.dtype == np.int32
+
+
 def test_top_k_one_and_tiny_top_p_equal_greedy(model):
     prompt = _tokens(40, 3, 5, model.cfg.vocab_size)
     greedy = generate(model, prompt, 10)
