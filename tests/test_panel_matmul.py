@@ -4,7 +4,6 @@ numpy), its build and failure reasons, and `generate` running on it (same tokens
 from __future__ import annotations
 
 import re
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +14,7 @@ from llm_testing import tiny_config
 
 from merg_jax.infer import SamplingConfig, generate_with_info
 from merg_jax.infer.generate import _generate_jit, decode_panels, uses_panel_matmul
+from merg_jax.kernels import cpu_library
 from merg_jax.kernels import panel_matmul as pm
 from merg_jax.models import Llm
 from merg_jax.models.layers import Dense
@@ -92,31 +92,34 @@ def test_bad_inputs_name_what_is_wrong():
 
 
 def test_unavailable_says_why(monkeypatch):
-    monkeypatch.setenv(pm.ENV, "off")
-    assert pm._load() == f"turned off by {pm.ENV}=off"
-    monkeypatch.setenv(pm.ENV, "maybe")
-    assert "expected on or off" in pm._load()
-    monkeypatch.setenv(pm.ENV, "on")
+    targets = {pm.TARGET: "MergPanelMatmul"}
+    monkeypatch.setenv(cpu_library.ENV, "off")
+    assert cpu_library.register(pm.SOURCE, targets) == f"turned off by {cpu_library.ENV}=off"
+    monkeypatch.setenv(cpu_library.ENV, "maybe")
+    assert "expected on or off" in cpu_library.register(pm.SOURCE, targets)
+    monkeypatch.setenv(cpu_library.ENV, "on")
     monkeypatch.setenv("CXX", "/nonexistent/g++")
-    assert "C++ compiler '/nonexistent/g++' does not run" in pm._load()
+    assert "C++ compiler '/nonexistent/g++' does not run" in cpu_library.register(pm.SOURCE, targets)
+    monkeypatch.delenv("CXX")
+    assert cpu_library.register(pm.SOURCE, targets) is None  # the same library again: registered, no error
+    assert "undefined symbol: NoSuchHandler" in cpu_library.register(pm.SOURCE, {"merg_missing": "NoSuchHandler"})
 
 
 def test_build_is_cached_per_source_and_reported_on_failure(tmp_path, monkeypatch):
-    """A fresh cache folder builds the library once (a second load reuses the file); a source that does not
+    """A fresh cache folder builds the library once (a second build reuses the file); a source that does not
     compile gives the compiler's own message and leaves no partial file behind."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    compiler = shutil.which("g++") or shutil.which("c++")
-    library = pm.build(compiler)
+    compiler = cpu_library.compiler()
+    library = cpu_library.build(pm.SOURCE, compiler)
     assert library.parent == tmp_path / "merg_jax" / "kernels" and library.is_file()
     stamp = library.stat().st_mtime_ns
-    assert pm.build(compiler) == library and library.stat().st_mtime_ns == stamp
+    assert cpu_library.build(pm.SOURCE, compiler) == library and library.stat().st_mtime_ns == stamp
 
-    broken = tmp_path / "broken.cc"
+    broken = tmp_path / "panel_matmul.cc"
     broken.write_text(pm.SOURCE.read_text() + "\nthis is not C++;\n")
-    monkeypatch.setattr(pm, "SOURCE", broken)
-    assert pm.library_path(compiler) != library  # named by the source
-    with pytest.raises(RuntimeError, match="building broken.cc failed .*error"):
-        pm.build(compiler)
+    assert cpu_library.library_path(broken, compiler) != library  # named by the source's contents
+    with pytest.raises(RuntimeError, match="building panel_matmul.cc failed .*error"):
+        cpu_library.build(broken, compiler)
     assert sorted(p.name for p in library.parent.iterdir()) == [library.name]
 
 

@@ -64,30 +64,27 @@ inline void Panel(const float* __restrict x, int64_t ldx, const float* __restric
   }
 }
 
-template <int MB>
-void Panels(const float* x, const float* packed, float* out, int64_t K, int64_t N, int64_t p0, int64_t p1) {
-  for (int64_t p = p0; p < p1; ++p) {
-    const int64_t n0 = p * kPanel;
-    const int64_t cols = N - n0 < kPanel ? N - n0 : kPanel;
-    Panel<MB>(x, K, packed + p * K * kPanel, K, out + n0, N, cols);
-  }
-}
-
-// Panels [p0, p1) for every row of x, 8 rows at a time.
+// Panels [p0, p1) for every row of x: each panel once per block of 8 rows, the blocks one after another while
+// the panel (K·128 bytes) is still in L1/L2 (a prefill's B·P rows).
 void RunPanels(const float* x, const float* packed, float* out, int64_t M, int64_t K, int64_t N, int64_t p0,
                int64_t p1) {
-  for (int64_t m0 = 0; m0 < M; m0 += 8) {
-    const float* xm = x + m0 * K;
-    float* om = out + m0 * N;
-    switch (M - m0 < 8 ? M - m0 : 8) {
-      case 1: Panels<1>(xm, packed, om, K, N, p0, p1); break;
-      case 2: Panels<2>(xm, packed, om, K, N, p0, p1); break;
-      case 3: Panels<3>(xm, packed, om, K, N, p0, p1); break;
-      case 4: Panels<4>(xm, packed, om, K, N, p0, p1); break;
-      case 5: Panels<5>(xm, packed, om, K, N, p0, p1); break;
-      case 6: Panels<6>(xm, packed, om, K, N, p0, p1); break;
-      case 7: Panels<7>(xm, packed, om, K, N, p0, p1); break;
-      default: Panels<8>(xm, packed, om, K, N, p0, p1); break;
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* panel = packed + p * K * kPanel;
+    const int64_t n0 = p * kPanel;
+    const int64_t cols = N - n0 < kPanel ? N - n0 : kPanel;
+    for (int64_t m0 = 0; m0 < M; m0 += 8) {
+      const float* xm = x + m0 * K;
+      float* om = out + m0 * N + n0;
+      switch (M - m0 < 8 ? M - m0 : 8) {
+        case 1: Panel<1>(xm, K, panel, K, om, N, cols); break;
+        case 2: Panel<2>(xm, K, panel, K, om, N, cols); break;
+        case 3: Panel<3>(xm, K, panel, K, om, N, cols); break;
+        case 4: Panel<4>(xm, K, panel, K, om, N, cols); break;
+        case 5: Panel<5>(xm, K, panel, K, om, N, cols); break;
+        case 6: Panel<6>(xm, K, panel, K, om, N, cols); break;
+        case 7: Panel<7>(xm, K, panel, K, om, N, cols); break;
+        default: Panel<8>(xm, K, panel, K, om, N, cols); break;
+      }
     }
   }
 }
