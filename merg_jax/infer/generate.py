@@ -27,7 +27,6 @@ from jaxtyping import Array, Int
 from merg_jax.infer.sampling import SamplingConfig, sample_logits
 from merg_jax.kernels import panel_matmul
 from merg_jax.models import KVCache, Llm
-from merg_jax.models.layers import Dense
 
 
 @dataclasses.dataclass
@@ -197,9 +196,7 @@ def decode_panels(model: Llm) -> list[jax.Array] | None:
     not re-packing them on every call (two copies of the weights per call otherwise)."""
     if not uses_panel_matmul(model):
         return None
-    sources = [m.kernel.get_value() for _, m in nnx.iter_modules(model.layers) if isinstance(m, Dense)]
-    if model.lm_head is not None:
-        sources.append(model.lm_head.kernel.get_value())
+    sources = model.projection_kernels()
     kept = _PANELS.get(model)
     if kept is not None and len(kept[0]) == len(sources) and all(r() is s for r, s in zip(kept[0], sources)):
         return kept[1]

@@ -224,14 +224,19 @@ class Llm(nnx.Module):
                            kv_positions=jnp.broadcast_to(jnp.arange(cache.max_length), (bsz, cache.max_length)),
                            cache_index=cache.index)
 
-    def panel_weights(self) -> list[Float[Array, "L P K 32"]]:
-        """`kernels.panel_matmul.pack` of every stacked projection kernel (in `nnx.iter_modules` order), then of
-        the output head's when it is untied: what `layer_blocks(panels=...)` reads. One transposing copy of the
-        weights; `generate` keeps it with the model while the weights stay the same (`infer.decode_panels`)."""
+    def projection_kernels(self) -> list[Float[Array, "*L K N"]]:
+        """Every stacked projection kernel `[L, K, N]` (in `nnx.iter_modules` order), then the output head's
+        `[K, V]` when it is untied: the arrays themselves, not copies."""
         kernels = [m.kernel.get_value() for _, m in nnx.iter_modules(self.layers) if isinstance(m, Dense)]
         if self.lm_head is not None:
             kernels.append(self.lm_head.kernel.get_value())
-        return [pack_panels(k) for k in kernels]
+        return kernels
+
+    def panel_weights(self) -> list[Float[Array, "L P K 32"]]:
+        """`kernels.panel_matmul.pack` of `projection_kernels()`: what `layer_blocks(panels=...)` reads. One
+        transposing copy of the weights; `generate` keeps it with the model while the weights stay the same
+        (`infer.generate.decode_panels`)."""
+        return [pack_panels(k) for k in self.projection_kernels()]
 
     def layer_blocks(self, *, panels: Sequence[Array] | None = None) -> tuple[Block, ...]:
         """The stacked layers as `num_layers` separate Blocks, each holding its slice of every parameter.
