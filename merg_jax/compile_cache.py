@@ -30,10 +30,16 @@ JAX_MAX_SIZE = "JAX_COMPILATION_CACHE_MAX_SIZE"
 MAX_SIZE_BYTES = 4 << 30
 
 
+def cache_root(environ: MutableMapping[str, str] = os.environ) -> pathlib.Path:
+    """`$XDG_CACHE_HOME/merg_jax`, `~/.cache/merg_jax` when XDG_CACHE_HOME is unset: where merg_jax keeps what it
+    compiles (XLA programs here, the CPU kernels' libraries in `kernels/`, `merg_jax.kernels.cpu_library`)."""
+    base = environ.get("XDG_CACHE_HOME") or str(pathlib.Path.home() / ".cache")
+    return pathlib.Path(base) / "merg_jax"
+
+
 def default_dir(environ: MutableMapping[str, str] = os.environ) -> pathlib.Path:
     """`$XDG_CACHE_HOME/merg_jax/xla`, `~/.cache/merg_jax/xla` when XDG_CACHE_HOME is unset."""
-    base = environ.get("XDG_CACHE_HOME") or str(pathlib.Path.home() / ".cache")
-    return pathlib.Path(base) / "merg_jax" / "xla"
+    return cache_root(environ) / "xla"
 
 
 def configure(environ: MutableMapping[str, str] = os.environ) -> str | None:

@@ -26,6 +26,8 @@ import tempfile
 import jax
 import jaxlib
 
+from merg_jax.compile_cache import cache_root
+
 log = logging.getLogger(__name__)
 
 ENV = "MERG_JAX_CPU_KERNELS"
@@ -78,8 +80,7 @@ def library_path(source: pathlib.Path, cxx: str) -> pathlib.Path:
                  jaxlib.__version__.encode(), _cpu_fingerprint().encode()):
         key.update(part)
         key.update(b"\0")
-    base = os.environ.get("XDG_CACHE_HOME") or str(pathlib.Path.home() / ".cache")
-    return pathlib.Path(base) / "merg_jax" / "kernels" / f"{source.stem}-{key.hexdigest()[:16]}.so"
+    return cache_root() / "kernels" / f"{source.stem}-{key.hexdigest()[:16]}.so"
 
 
 def _cpu_fingerprint() -> str:
